@@ -1,0 +1,61 @@
+"""Shared command-line plumbing: one-line errors instead of tracebacks, absl flag parsing.
+
+Every command of the project (records job, trainer, launchers) runs through `run_main`, so a bad input anywhere
+ends the same way: `error: <what is wrong>` on stderr, exit status 2, no Python traceback.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, List, Sequence
+
+from absl import app, flags
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, reported as one line without a traceback."""
+
+
+def fail(message: str) -> None:
+    """Raises UserError(message); for use in expressions like `cond or fail(...)`."""
+    raise UserError(message)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _parser(known_only: bool) -> Callable[[List[str]], List[str]]:
+    def parse(argv: List[str]) -> List[str]:
+        try:
+            return flags.FLAGS(argv, known_only=known_only)
+        except flags.Error as e:
+            sys.stderr.write(f"error: {_one_line(e)}\n")
+            sys.exit(2)
+
+    return parse
+
+
+def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False) -> None:
+    """Runs `main(argv)` under absl; UserError (and flag errors) become one line on stderr and exit status 2.
+
+    known_only=True leaves flags this program does not define in argv (the records job hands them to Beam).
+    """
+
+    def wrapped(argv: Sequence[str]):
+        try:
+            result = main(argv)
+        except UserError as e:
+            sys.stderr.write(f"error: {_one_line(e)}\n")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.stderr.write("error: interrupted\n")
+            sys.exit(130)
+        return result if isinstance(result, int) else 0
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger().setLevel(logging.INFO)
+    for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    app.run(wrapped, flags_parser=_parser(known_only))

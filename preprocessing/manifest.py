@@ -1,0 +1,95 @@
+"""manifest.json and _SUCCESS: writing them, and the checks every reader of a dataset runs first."""
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional
+
+from preprocessing import fileio, schema
+from preprocessing.cli import UserError
+
+MANIFEST = "manifest.json"
+SUCCESS = "_SUCCESS"
+
+
+def write_json(path: str, obj) -> None:
+    fileio.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_manifest(data_dir: str) -> dict:
+    """The manifest of a finished dataset; UserError for a missing folder, no _SUCCESS or an unknown schema."""
+    if not fileio.exists(data_dir):
+        raise UserError(f"data folder {data_dir} does not exist; build it with python -m preprocessing.build_records")
+    if not fileio.exists(fileio.join(data_dir, SUCCESS)):
+        raise UserError(f"data folder {data_dir} has no {SUCCESS}: the records job did not finish there; "
+                        f"rerun python -m preprocessing.build_records --overwrite")
+    try:
+        manifest = json.loads(fileio.read_bytes(fileio.join(data_dir, MANIFEST)))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{fileio.join(data_dir, MANIFEST)} is unreadable: {e}") from None
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise UserError(f"{data_dir}: record schema version {manifest.get('schema_version')} is not the "
+                        f"supported version {schema.SCHEMA_VERSION}")
+    return manifest
+
+
+def shard_paths(data_dir: str, manifest: dict, split: str) -> List[str]:
+    if split not in manifest["splits"]:
+        raise UserError(f"data folder {data_dir} has no {split} split (it has {', '.join(manifest['splits'])})")
+    return [fileio.join(data_dir, s["file"]) for s in manifest["splits"][split]["shards"]]
+
+
+def verify_shards(data_dir: str, manifest: dict, splits: Optional[List[str]] = None,
+                  check_records: bool = False) -> Dict[str, str]:
+    """Checks each shard's byte size and sha256 (and, with check_records, its record count) against the manifest.
+
+    Returns {shard file: problem} for every bad shard; empty when all are intact.
+    """
+    problems = {}
+    for split, info in manifest["splits"].items():
+        if splits is not None and split not in splits:
+            continue
+        for shard in info["shards"]:
+            path = fileio.join(data_dir, shard["file"])
+            if not fileio.exists(path):
+                problems[shard["file"]] = "missing"
+                continue
+            size = fileio.size(path)
+            if size != shard["bytes"]:
+                problems[shard["file"]] = f"{size} bytes, manifest says {shard['bytes']} (truncated or altered)"
+                continue
+            if fileio.sha256_file(path) != shard["sha256"]:
+                problems[shard["file"]] = "sha256 differs from the manifest (altered)"
+                continue
+            if check_records:
+                count = count_records(path)
+                if count != shard["num_records"]:
+                    problems[shard["file"]] = f"{count} records, manifest says {shard['num_records']}"
+    return problems
+
+
+def count_records(path: str) -> int:
+    """Counts the records of a TFRecord file by walking its length headers."""
+    import struct
+
+    count = 0
+    with fileio.open_read(path) as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return count
+            if len(header) < 12:
+                return -1
+            (length,) = struct.unpack("<Q", header[:8])
+            f.seek(length + 4, 1)
+            count += 1
+
+
+def load_verified(data_dir: str, splits: Optional[List[str]] = None) -> dict:
+    """read_manifest + verify_shards; UserError naming the first bad shard. What the trainer calls first."""
+    manifest = read_manifest(data_dir)
+    problems = verify_shards(data_dir, manifest, splits)
+    if problems:
+        name, problem = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more bad shards)" if len(problems) > 1 else ""
+        raise UserError(f"shard {fileio.join(data_dir, name)}: {problem}{more}; rebuild with --overwrite")
+    return manifest

@@ -1,0 +1,389 @@
+"""The records job as a Beam graph, and `run(...)`, which the CLI and the tests call.
+
+    candidates (ranked, chunked) ─► TransformChunks: read + decode + crop/resize + JPEG + Example, appended to a
+      temporary chunk file; a small (group, rank, location) tuple per image, dead letters for unreadable ones
+    ─► PlanShards: the first N readable per split by rank; contiguous runs of that order become shards
+    ─► WriteShards: copy each shard's records out of the chunk files, in rank order, as TFRecords
+    driver: manifest.json, splits/*.txt, errors.jsonl, then _SUCCESS
+
+Images travel through the graph only inside chunk files, never as elements, so memory stays flat whatever the
+dataset size; shard contents depend only on the ranks, so shards are byte-identical on every run and runner.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+import uuid
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from preprocessing import celeba, fileio, schema, splits
+from preprocessing.cli import UserError
+from preprocessing.manifest import MANIFEST, SUCCESS, write_json
+from preprocessing.transform import ImageError, transform_image
+
+LOG = logging.getLogger("preprocessing")
+TARGET_SHARD_BYTES = 150 * 1024 * 1024
+CHUNK_SIZE = 256
+_META, _CHUNKS = ".meta", ".chunks"
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything the job needs besides Beam's own options."""
+    celeba_dir: str
+    output_dir: str
+    split_sizes: str = splits.DEFAULT_SPLIT_SIZES
+    seed: int = 20150401
+    balance: bool = False
+    image_size: int = 224
+    resize_mode: str = "crop"
+    jpeg_quality: int = 95
+    num_shards: int = 0  # per split; 0 = from the data size
+    name: str = "celeba"
+    overwrite: bool = False
+    source: str = "folder"  # folder | tfds
+    tfds_data_dir: Optional[str] = None
+
+
+def default_num_shards(total_bytes: int) -> int:
+    """A power of two giving shards of roughly 100-200 MB, at least 1."""
+    if total_bytes <= TARGET_SHARD_BYTES:
+        return 1
+    return 2 ** round(math.log2(total_bytes / TARGET_SHARD_BYTES))
+
+
+def code_version() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("celeba-tfrecords")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+# --- Beam transforms ---------------------------------------------------------------------------------------------
+
+class TransformChunk(beam.DoFn):
+    """(chunk_id, [(group, position, name, attributes)]) -> one chunk file of serialized Examples.
+
+    Main output: (group, position, chunk_id, offset, length, label) per readable image.
+    Output 'errors': {name, stage, reason} per image left out (the dead letters).
+    """
+
+    def __init__(self, source: celeba.ImageSource, chunk_dir: str, image_size: int, resize_mode: str,
+                 jpeg_quality: int):
+        self.source, self.chunk_dir = source, chunk_dir
+        self.image_size, self.resize_mode, self.jpeg_quality = image_size, resize_mode, jpeg_quality
+        self.images = beam.metrics.Metrics.counter("records", "images_transformed")
+        self.failed = beam.metrics.Metrics.counter("records", "images_left_out")
+
+    def setup(self):
+        self._done, self._start, self._next_log = 0, time.time(), 2000
+
+    def process(self, element):
+        chunk_id, items = element
+        offset = 0
+        with fileio.open_write(fileio.join(self.chunk_dir, f"chunk-{chunk_id:06d}")) as out:
+            for group, position, name, attributes in items:
+                try:
+                    data = self.source.read(name)
+                except FileNotFoundError:
+                    yield self._dead_letter(name, "read", "listed in the attribute file but missing")
+                    continue
+                except OSError as e:
+                    yield self._dead_letter(name, "read", str(e))
+                    continue
+                try:
+                    jpeg = transform_image(data, self.image_size, self.resize_mode, self.jpeg_quality)
+                except ImageError as e:
+                    yield self._dead_letter(name, "decode", str(e))
+                    continue
+                label = 1 if attributes[schema.ATTRIBUTE_NAMES.index(schema.LABEL_ATTRIBUTE)] == 1 else 0
+                record = schema.encode_example(jpeg, self.image_size, self.image_size, name, label,
+                                               [1 if a == 1 else 0 for a in attributes])
+                out.write(record)
+                yield (group, position, chunk_id, offset, len(record), label)
+                offset += len(record)
+        self.images.inc(len(items))
+        self._done += len(items)
+        if self._done >= self._next_log:
+            rate = self._done / max(time.time() - self._start, 1e-9)
+            LOG.info("worker %d: %d images transformed, %.0f images/s", os.getpid(), self._done, rate)
+            self._next_log += 2000
+
+    def _dead_letter(self, name: str, stage: str, reason: str):
+        self.failed.inc()
+        return beam.pvalue.TaggedOutput("errors", {"name": name, "stage": stage, "reason": reason})
+
+
+def plan_shards(located: List[tuple], groups: List[dict], num_shards: int, meta_dir: str) -> Iterable[dict]:
+    """Keeps the first `target` readable images of each group by rank and cuts each split into shards.
+
+    Writes the selection (names, label counts, shortfalls) to meta_dir; yields one plan per shard, or none when
+    a split falls short (the driver then fails the job with the shortfall).
+    """
+    by_group: Dict[int, List[tuple]] = {}
+    for item in located:
+        by_group.setdefault(item[0], []).append(item)
+    per_split: Dict[str, List[tuple]] = {}
+    shortfalls = []
+    for index, group in enumerate(groups):
+        found = sorted(by_group.get(index, []), key=lambda item: item[1])
+        target = group["target"]
+        if target is not None and len(found) < target:
+            shortfalls.append({"split": group["split"], "label": group["label"], "wanted": target,
+                               "readable": len(found), "candidates": group["num_candidates"]})
+        kept = found if target is None else found[:target]
+        per_split.setdefault(group["split"], []).extend(kept)
+    selection = {"shortfalls": shortfalls, "splits": {}}
+    plans = []
+    for split, items in per_split.items():
+        items.sort(key=lambda item: groups[item[0]]["ranks"][item[1]])  # merge balanced groups by rank
+        total = sum(item[4] for item in items)
+        n = num_shards or default_num_shards(total)
+        n = max(1, min(n, len(items)))
+        names = [groups[item[0]]["names"][item[1]] for item in items]
+        selection["splits"][split] = {"names": names, "labels": [item[5] for item in items]}
+        for shard in range(n):
+            lo, hi = shard * len(items) // n, (shard + 1) * len(items) // n
+            plans.append({"split": split, "shard": shard, "num_shards": n,
+                          "records": [item[2:6] for item in items[lo:hi]]})
+    write_json(fileio.join(meta_dir, "selection.json"), selection)
+    if shortfalls:
+        return []
+    return plans
+
+
+class WriteShard(beam.DoFn):
+    """Copies one shard's records out of the chunk files into a TFRecord file; writes its stats to meta_dir."""
+
+    def __init__(self, output_dir: str, chunk_dir: str, meta_dir: str, name: str):
+        self.output_dir, self.chunk_dir, self.meta_dir, self.name = output_dir, chunk_dir, meta_dir, name
+
+    def process(self, plan):
+        from apache_beam.io.tfrecordio import _TFRecordUtil  # TFRecord framing with masked crc32c
+
+        file_name = schema.shard_name(self.name, plan["split"], plan["shard"], plan["num_shards"])
+        digest, labels, handles = hashlib.sha256(), [0, 0], {}
+        hashing = _HashingWriter(fileio.open_write(fileio.join(self.output_dir, file_name)), digest)
+        try:
+            for chunk_id, offset, length, label in plan["records"]:
+                if chunk_id not in handles:
+                    handles[chunk_id] = fileio.open_read(fileio.join(self.chunk_dir, f"chunk-{chunk_id:06d}"))
+                source = handles[chunk_id]
+                source.seek(offset)
+                _TFRecordUtil.write_record(hashing, source.read(length))
+                labels[label] += 1
+        finally:
+            hashing.close()
+            for handle in handles.values():
+                handle.close()
+        stats = {"split": plan["split"], "index": plan["shard"], "file": file_name,
+                 "num_records": len(plan["records"]), "bytes": hashing.bytes, "sha256": digest.hexdigest(),
+                 "labels": {"0": labels[0], "1": labels[1]}}
+        write_json(fileio.join(self.meta_dir, f"shard-{plan['split']}-{plan['shard']:05d}.json"), stats)
+        yield stats
+
+
+class _HashingWriter:
+    def __init__(self, handle, digest):
+        self.handle, self.digest, self.bytes = handle, digest, 0
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.bytes += len(data)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def write_errors(errors: List[dict], meta_dir: str) -> None:
+    write_json(fileio.join(meta_dir, "errors.json"), sorted(errors, key=lambda e: (e["name"], e["stage"])))
+
+
+def _chunks(groups: Sequence[splits.Group]) -> List[Tuple[int, list]]:
+    items = [(g, position, row.name, row.attributes)
+             for g, group in enumerate(groups) for position, row in enumerate(group.candidates)]
+    return [(i // CHUNK_SIZE, items[i:i + CHUNK_SIZE]) for i in range(0, len(items), CHUNK_SIZE)]
+
+
+def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: celeba.ImageSource,
+                   config: Config, work_dir: str) -> None:
+    """Adds the job's transforms to `p`; every output goes under work_dir."""
+    chunk_dir, meta_dir = fileio.join(work_dir, _CHUNKS), fileio.join(work_dir, _META)
+    group_info = [{"split": g.split, "label": g.label, "target": g.target, "num_candidates": len(g.candidates),
+                   "names": [r.name for r in g.candidates],
+                   "ranks": [splits.rank_key(r.name, config.seed).hex() for r in g.candidates]}
+                  for g in groups]
+    transformed = (
+        p
+        | "CreateChunks" >> beam.Create(_chunks(groups), reshuffle=True)
+        | "TransformChunks" >> beam.ParDo(TransformChunk(source, chunk_dir, config.image_size,
+                                                         config.resize_mode, config.jpeg_quality)
+                                          ).with_outputs("errors", main="located"))
+    _ = (transformed.errors
+         | "CollectErrors" >> beam.combiners.ToList()
+         | "WriteErrors" >> beam.Map(write_errors, meta_dir))
+    _ = (transformed.located
+         | "CollectLocations" >> beam.combiners.ToList()
+         | "PlanShards" >> beam.FlatMap(plan_shards, group_info, config.num_shards, meta_dir)
+         | "SpreadShards" >> beam.Reshuffle()
+         | "WriteShards" >> beam.ParDo(WriteShard(work_dir, chunk_dir, meta_dir, config.name)))
+
+
+# --- the driver --------------------------------------------------------------------------------------------------
+
+def _beam_options(beam_args: Sequence[str], num_candidates: int) -> Tuple[PipelineOptions, Optional[object]]:
+    """Beam options from the leftover flags; a local run uses the in-process FnApiRunner (no Prism download)."""
+    options = PipelineOptions(list(beam_args))
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct"):
+        return options, None
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = options.view_as(DirectOptions)
+    if not any(a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in beam_args):
+        # Local default: one worker process per core once the data is big enough to pay for their start-up.
+        if num_candidates >= 4 * CHUNK_SIZE and (os.cpu_count() or 1) > 1:
+            direct.direct_running_mode = "multi_processing"
+            direct.direct_num_workers = os.cpu_count()
+    return options, FnApiRunner()
+
+
+def _check_output_dir(output_dir: str, overwrite: bool) -> None:
+    if fileio.exists(output_dir) and fileio.listdir(output_dir):
+        if not overwrite:
+            raise UserError(f"output folder {output_dir} exists and is not empty; pass --overwrite to replace it")
+        if not fileio.exists(fileio.join(output_dir, MANIFEST)) and not fileio.exists(
+                fileio.join(output_dir, SUCCESS)):
+            raise UserError(f"output folder {output_dir} is not a dataset of this job (no {MANIFEST}); "
+                            f"refusing to --overwrite it")
+
+
+def _validate(config: Config) -> None:
+    from preprocessing.transform import RESIZE_MODES
+
+    if not 16 <= config.image_size <= 4096:
+        raise UserError(f"--image_size={config.image_size}: expected 16..4096")
+    if config.resize_mode not in RESIZE_MODES:
+        raise UserError(f"--resize_mode={config.resize_mode}: expected one of {', '.join(RESIZE_MODES)}")
+    if not 1 <= config.jpeg_quality <= 100:
+        raise UserError(f"--jpeg_quality={config.jpeg_quality}: expected 1..100")
+    if config.num_shards < 0:
+        raise UserError(f"--num_shards={config.num_shards}: expected 0 (automatic) or more")
+    if not config.name or any(c in config.name for c in "/\\ -"):
+        raise UserError(f"--name={config.name!r}: expected a non-empty name without '/', '-' or spaces")
+    if config.source not in ("folder", "tfds"):
+        raise UserError(f"--source={config.source}: expected folder or tfds")
+
+
+def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
+    """Builds the dataset described by `config` in config.output_dir; returns the manifest. Raises UserError."""
+    start = time.time()
+    _validate(config)
+    sizes = splits.parse_split_sizes(config.split_sizes)
+    _check_output_dir(config.output_dir, config.overwrite)
+    work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        if config.source == "tfds":
+            from preprocessing import tfds_source
+
+            rows, source, source_info, groups = tfds_source.prepare(config, sizes, work_dir)
+        else:
+            layout = celeba.find_layout(config.celeba_dir)
+            rows = celeba.read_rows(layout)
+            source = celeba.ImageSource.for_layout(layout)
+            source_info = {"kind": layout.kind, "celeba_dir": config.celeba_dir,
+                           "attributes_sha256": celeba.fingerprint(layout.attr_path),
+                           "partitions_sha256": celeba.fingerprint(layout.partition_path),
+                           "images": layout.image_dir or layout.image_zip}
+            groups = splits.select_candidates(rows, sizes, config.seed, config.balance)
+        num_candidates = sum(len(g.candidates) for g in groups)
+        LOG.info("%d images listed; %d candidates for %s", len(rows), num_candidates,
+                 ", ".join(f"{g.split}{'' if g.label is None else '/' + schema.CLASS_NAMES[g.label]}="
+                           f"{g.target if g.target is not None else 'all'}" for g in groups))
+        options, runner = _beam_options(beam_args, num_candidates)
+        with beam.Pipeline(runner=runner, options=options) as p:
+            build_pipeline(p, groups, source, config, work_dir)
+        manifest = _finish(config, work_dir, source_info, start)
+    finally:
+        if fileio.exists(work_dir):
+            fileio.delete_tree(work_dir)
+    return manifest
+
+
+def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> dict:
+    meta_dir = fileio.join(work_dir, _META)
+    selection = json.loads(fileio.read_bytes(fileio.join(meta_dir, "selection.json")))
+    errors_path = fileio.join(meta_dir, "errors.json")
+    errors = json.loads(fileio.read_bytes(errors_path)) if fileio.exists(errors_path) else []
+    if selection["shortfalls"]:
+        s = selection["shortfalls"][0]
+        what = s["split"] if s["label"] is None else f"{s['split']} ({schema.CLASS_NAMES[s['label']]})"
+        raise UserError(f"split {what} is {s['wanted'] - s['readable']} images short: {s['wanted']} wanted, "
+                        f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} left out, "
+                        f"see the dead letters); no dataset written")
+    shard_stats: Dict[str, List[dict]] = {}
+    for name in fileio.listdir(meta_dir):
+        if name.startswith("shard-"):
+            stats = json.loads(fileio.read_bytes(fileio.join(meta_dir, name)))
+            shard_stats.setdefault(stats["split"], []).append(stats)
+    split_info = {}
+    for split in schema.SPLITS:
+        if split not in selection["splits"]:
+            continue
+        chosen = selection["splits"][split]
+        shards = sorted(shard_stats.get(split, []), key=lambda s: s["index"])
+        count = len(chosen["names"])
+        males = sum(chosen["labels"])
+        split_info[split] = {
+            "num_examples": count, "labels": {"0": count - males, "1": males},
+            "male_share": round(males / count, 4) if count else 0.0,
+            "shards": [{k: s[k] for k in ("file", "num_records", "bytes", "sha256")} for s in shards],
+        }
+        fileio.write_bytes(fileio.join(work_dir, "splits", f"{split}.txt"),
+                           "".join(n + "\n" for n in sorted(chosen["names"])).encode())
+    fileio.write_bytes(fileio.join(work_dir, "errors.jsonl"),
+                       "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
+    seconds = time.time() - start
+    total = sum(s["num_examples"] for s in split_info.values())
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION, "name": config.name,
+        "image_size": config.image_size, "image_format": "jpeg", "resize_mode": config.resize_mode,
+        "jpeg_quality": config.jpeg_quality, "label": schema.LABEL_ATTRIBUTE, "class_names": list(schema.CLASS_NAMES),
+        "attribute_names": list(schema.ATTRIBUTE_NAMES), "feature_keys": {
+            "image": schema.IMAGE_KEY, "label": schema.LABEL_KEY, "filename": schema.FILENAME_KEY,
+            "attributes": schema.ATTRIBUTES_KEY},
+        "splits": split_info, "num_left_out": len(errors), "source": source_info,
+        "flags": {k: v for k, v in dataclasses.asdict(config).items()},
+        "code_version": code_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 2),
+        "images_per_sec": round(total / seconds, 1) if seconds else 0.0,
+    }
+    write_json(fileio.join(work_dir, MANIFEST), manifest)
+    for sub in (_META, _CHUNKS):
+        fileio.delete_tree(fileio.join(work_dir, sub))
+    if fileio.exists(config.output_dir):
+        fileio.delete_tree(config.output_dir)  # --overwrite: only now, once the new dataset is complete
+    fileio.move_tree(work_dir, config.output_dir)
+    fileio.write_bytes(fileio.join(config.output_dir, SUCCESS), b"")  # last: marks the dataset complete
+    return manifest

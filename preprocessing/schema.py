@@ -1,0 +1,128 @@
+"""The record format, defined once: feature keys, how an Example is written, and how it is parsed.
+
+The writer (the Beam job), the reader (trainer/data.py), the inspector and the tests all import this module;
+no other file spells a feature key.
+
+`encode_example` writes the tf.train.Example protobuf wire format directly (a handful of varints), so the Beam
+workers never import TensorFlow (about 4 s per worker process). The tests check that TensorFlow parses it.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Dict, Sequence
+
+SCHEMA_VERSION = 1
+
+IMAGE_KEY = "image/encoded"
+FORMAT_KEY = "image/format"
+HEIGHT_KEY = "image/height"
+WIDTH_KEY = "image/width"
+FILENAME_KEY = "image/filename"
+LABEL_KEY = "image/class/label"
+ATTRIBUTES_KEY = "image/attributes"
+
+LABEL_ATTRIBUTE = "Male"
+CLASS_NAMES = ("female", "male")  # label 0, label 1
+
+# CelebA's 40 attributes in the order of list_attr_celeba.txt; records store them as 0/1 in this order.
+ATTRIBUTE_NAMES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
+    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
+    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
+    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+
+SPLITS = ("train", "validation", "test")
+
+
+def shard_name(name: str, split: str, index: int, num_shards: int) -> str:
+    """TFDS-style shard file name, e.g. celeba-train.tfrecord-00000-of-00004."""
+    return f"{name}-{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
+
+
+# --- protobuf wire format -------------------------------------------------------------------------------------
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(values: Sequence[bytes]) -> bytes:
+    return _field(1, b"".join(_field(1, v) for v in values))  # Feature.bytes_list { value }
+
+
+def _int64_feature(values: Sequence[int]) -> bytes:
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _field(3, _field(1, packed))  # Feature.int64_list { packed value }
+
+
+def _example(features: Dict[str, bytes]) -> bytes:
+    # Example.features (1) -> Features.feature (1): map<string, Feature>, entries in sorted key order so the
+    # bytes are the same on every run.
+    entries = b"".join(
+        _field(1, _field(1, key.encode()) + _field(2, feature)) for key, feature in sorted(features.items())
+    )
+    return _field(1, entries)
+
+
+def encode_example(image_jpeg: bytes, height: int, width: int, filename: str, label: int,
+                   attributes: Sequence[int]) -> bytes:
+    """Serialized tf.train.Example for one image; attributes are 0/1 in ATTRIBUTE_NAMES order."""
+    if len(attributes) != len(ATTRIBUTE_NAMES):
+        raise ValueError(f"expected {len(ATTRIBUTE_NAMES)} attributes, got {len(attributes)}")
+    return _example({
+        IMAGE_KEY: _bytes_feature([image_jpeg]),
+        FORMAT_KEY: _bytes_feature([b"jpeg"]),
+        HEIGHT_KEY: _int64_feature([height]),
+        WIDTH_KEY: _int64_feature([width]),
+        FILENAME_KEY: _bytes_feature([filename.encode()]),
+        LABEL_KEY: _int64_feature([label]),
+        ATTRIBUTES_KEY: _int64_feature(attributes),
+    })
+
+
+# --- reading (TensorFlow side) --------------------------------------------------------------------------------
+
+def feature_spec() -> dict:
+    """The tf.io.parse_example spec of a record."""
+    import tensorflow as tf
+
+    return {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        FORMAT_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b"jpeg"),
+        HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
+        FILENAME_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+        ATTRIBUTES_KEY: tf.io.FixedLenFeature([len(ATTRIBUTE_NAMES)], tf.int64),
+    }
+
+
+def parse_example(serialized):
+    """Parses one serialized Example (a scalar string tensor) into a dict of tensors; the image stays encoded."""
+    import tensorflow as tf
+
+    return tf.io.parse_single_example(serialized, feature_spec())
+
+
+def parse_examples(serialized):
+    """Parses a batch (a vector of serialized Examples) into a dict of tensors."""
+    import tensorflow as tf
+
+    return tf.io.parse_example(serialized, feature_spec())

@@ -1,0 +1,68 @@
+"""The image transform, defined once: raw file bytes -> square RGB JPEG of the training size.
+
+The records job applies it to every CelebA image and trainer/predict.py applies it to every file it is asked
+about, so a model never sees a different crop, resize or JPEG re-encode at serving time than in training.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps
+
+RESIZE_MODES = ("crop", "pad", "stretch")
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_JPEG_QUALITY = 95
+_RESAMPLE = Image.Resampling.BILINEAR
+
+# Decompression-bomb protection stays on, but as an error (dead-lettered) rather than a warning.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+class ImageError(ValueError):
+    """The bytes are not an image we can decode (truncated, garbage, unsupported)."""
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decodes any format Pillow reads (whatever the file name says) to an RGB image, EXIF orientation applied."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad bytes
+        raise ImageError(f"cannot decode image: {type(e).__name__}: {e}") from None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # L, I;16, CMYK, YCbCr, P, 1 ...
+    return image
+
+
+def resize_square(image: Image.Image, size: int, mode: str = "crop") -> Image.Image:
+    """crop: central square then resize; pad: fit inside, pad with black; stretch: resize ignoring aspect."""
+    width, height = image.size
+    if mode == "crop":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return image.resize((size, size), _RESAMPLE, box=(left, top, left + side, top + side))
+    if mode == "pad":
+        scale = size / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        canvas = Image.new("RGB", (size, size))
+        canvas.paste(image.resize((new_w, new_h), _RESAMPLE), ((size - new_w) // 2, (size - new_h) // 2))
+        return canvas
+    if mode == "stretch":
+        return image.resize((size, size), _RESAMPLE)
+    raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+
+
+def transform_image(data: bytes, image_size: int = DEFAULT_IMAGE_SIZE, resize_mode: str = "crop",
+                    jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """Raw image bytes -> JPEG bytes of an image_size x image_size RGB image. Raises ImageError on bad input."""
+    image = resize_square(decode_rgb(data), image_size, resize_mode)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=jpeg_quality)
+    return out.getvalue()
