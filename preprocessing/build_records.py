@@ -9,14 +9,13 @@ Flags this job does not define are handed to Beam's PipelineOptions.
 """
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from typing import Sequence
 
 from absl import flags
 
-from preprocessing import fileio, splits
+from preprocessing import splits
+from preprocessing.manifest import summary
 from preprocessing.cli import UserError, run_main
 from preprocessing.pipeline import Config, run
 from preprocessing.transform import RESIZE_MODES
@@ -65,21 +64,6 @@ def main(argv: Sequence[str]) -> int:
     manifest = run(config, beam_args)
     print(summary(manifest, config.output_dir))
     return 0
-
-
-def summary(manifest: dict, output_dir: str) -> str:
-    lines = [f"Dataset {output_dir} ({manifest['image_size']}x{manifest['image_size']} {manifest['resize_mode']}):"]
-    total_bytes = total_shards = total = 0
-    for split, info in manifest["splits"].items():
-        size = sum(s["bytes"] for s in info["shards"])
-        total_bytes, total_shards, total = total_bytes + size, total_shards + len(info["shards"]), \
-            total + info["num_examples"]
-        lines.append(f"  {split:<10} {info['num_examples']:>7} images  male {info['male_share']:.1%}  "
-                     f"{len(info['shards'])} shards  {size / 1e6:.1f} MB")
-    lines.append(f"  left out {manifest['num_left_out']} (errors.jsonl); {total} images, {total_shards} shards, "
-                 f"{total_bytes / 1e6:.1f} MB in {manifest['build_seconds']:.1f} s "
-                 f"({manifest['images_per_sec']:.0f} images/s)")
-    return "\n".join(lines)
 
 
 def cli() -> None:

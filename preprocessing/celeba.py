@@ -84,12 +84,15 @@ def _lines(path: str) -> List[str]:
     return [line.strip() for line in text.splitlines()]  # tolerates CRLF and trailing spaces
 
 
+_VALUES = {"1": 1, "-1": -1}
+
+
 def _parse_attr_values(path: str, lineno: int, values: List[str]) -> Tuple[int, ...]:
     try:
-        parsed = tuple(int(v) for v in values)
-    except ValueError:
+        parsed = tuple(map(_VALUES.__getitem__, values))
+    except KeyError:
         parsed = ()
-    if len(parsed) != len(ATTRIBUTE_NAMES) or any(v not in (-1, 1) for v in parsed):
+    if len(parsed) != len(ATTRIBUTE_NAMES):
         raise UserError(f"{path} line {lineno}: expected a file name and {len(ATTRIBUTE_NAMES)} values of -1/1")
     return parsed
 
@@ -115,12 +118,13 @@ def read_attributes(path: str) -> Dict[str, Tuple[int, ...]]:
             raise UserError(f"{path}: the first line must be the image count and the second the attribute names")
         order = _check_names(path, lines[1].split())
         body, start, split = lines[2:], 3, lambda s: s.split()
+    identity = order == list(range(len(ATTRIBUTE_NAMES)))
     for lineno, line in enumerate(body, start):
         if not line:
             continue
         fields = split(line)
         values = _parse_attr_values(path, lineno, fields[1:])
-        out[fields[0]] = tuple(values[i] for i in order)
+        out[fields[0]] = values if identity else tuple(values[i] for i in order)
     if not path.endswith(".csv") and int(lines[0]) != len(out):
         raise UserError(f"{path}: the first line says {lines[0]} images but {len(out)} rows follow")
     return out

@@ -37,6 +37,23 @@ def _parser(known_only: bool) -> Callable[[List[str]], List[str]]:
     return parse
 
 
+class _DropNoise(logging.Filter):
+    _NOISE = ("apitools not found", "Converting string literal type hint")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in str(record.msg) for n in self._NOISE)
+
+
+logging.getLogger().addFilter(_DropNoise())  # before any command imports Beam, whose import logs noise
+
+
+def quiet_logs() -> None:
+    """INFO for this project's loggers, WARNING for the libraries', and none of their known noise."""
+    logging.getLogger().setLevel(logging.INFO)
+    for noisy in ("apache_beam", "tensorflow", "h5py", "matplotlib", "PIL", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False) -> None:
     """Runs `main(argv)` under absl; UserError (and flag errors) become one line on stderr and exit status 2.
 
@@ -55,7 +72,5 @@ def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False) 
         return result if isinstance(result, int) else 0
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_logs()
     app.run(wrapped, flags_parser=_parser(known_only))

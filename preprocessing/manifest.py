@@ -93,3 +93,22 @@ def load_verified(data_dir: str, splits: Optional[List[str]] = None) -> dict:
         more = f" (and {len(problems) - 1} more bad shards)" if len(problems) > 1 else ""
         raise UserError(f"shard {fileio.join(data_dir, name)}: {problem}{more}; rebuild with --overwrite")
     return manifest
+
+
+def summary(manifest: dict, output_dir: str) -> str:
+    """The human-readable summary the records job prints at the end."""
+    lines = [f"Dataset {output_dir} ({manifest['image_size']}x{manifest['image_size']} {manifest['resize_mode']}):"]
+    total_bytes = total_shards = total = 0
+    for split in schema.SPLITS:
+        if split not in manifest["splits"]:
+            continue
+        info = manifest["splits"][split]
+        size = sum(s["bytes"] for s in info["shards"])
+        total_bytes, total_shards, total = total_bytes + size, total_shards + len(info["shards"]), \
+            total + info["num_examples"]
+        lines.append(f"  {split:<10} {info['num_examples']:>7} images  male {info['male_share']:.1%}  "
+                     f"{len(info['shards'])} shards  {size / 1e6:.1f} MB")
+    lines.append(f"  left out {manifest['num_left_out']} (errors.jsonl); {total} images, {total_shards} shards, "
+                 f"{total_bytes / 1e6:.1f} MB in {manifest['build_seconds']:.1f} s "
+                 f"({manifest['images_per_sec']:.0f} images/s)")
+    return "\n".join(lines)

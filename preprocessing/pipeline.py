@@ -35,6 +35,7 @@ LOG = logging.getLogger("preprocessing")
 TARGET_SHARD_BYTES = 150 * 1024 * 1024
 CHUNK_SIZE = 256
 _META, _CHUNKS = ".meta", ".chunks"
+_LABEL_INDEX = schema.ATTRIBUTE_NAMES.index(schema.LABEL_ATTRIBUTE)
 
 
 @dataclasses.dataclass
@@ -80,24 +81,26 @@ def code_version() -> str:
 # --- Beam transforms ---------------------------------------------------------------------------------------------
 
 class TransformChunk(beam.DoFn):
-    """(chunk_id, [(group, position, name, attributes)]) -> one chunk file of serialized Examples.
+    """chunk_id -> one chunk file of serialized Examples, for the candidates of that chunk.
 
-    Main output: (group, position, chunk_id, offset, length, label) per readable image.
-    Output 'errors': {name, stage, reason} per image left out (the dead letters).
+    The candidates themselves come from a JSON file the driver wrote (read once per worker in setup), so the graph
+    stays small for any dataset size. Main output: (group, position, chunk_id, offset, length, label, name) per
+    readable image. Output 'errors': {name, stage, reason} per image left out (the dead letters).
     """
 
-    def __init__(self, source: celeba.ImageSource, chunk_dir: str, image_size: int, resize_mode: str,
-                 jpeg_quality: int):
-        self.source, self.chunk_dir = source, chunk_dir
+    def __init__(self, source: celeba.ImageSource, candidates_path: str, chunk_dir: str, image_size: int,
+                 resize_mode: str, jpeg_quality: int):
+        self.source, self.candidates_path, self.chunk_dir = source, candidates_path, chunk_dir
         self.image_size, self.resize_mode, self.jpeg_quality = image_size, resize_mode, jpeg_quality
         self.images = beam.metrics.Metrics.counter("records", "images_transformed")
         self.failed = beam.metrics.Metrics.counter("records", "images_left_out")
 
     def setup(self):
+        self._chunks = json.loads(fileio.read_bytes(self.candidates_path))
         self._done, self._start, self._next_log = 0, time.time(), 2000
 
-    def process(self, element):
-        chunk_id, items = element
+    def process(self, chunk_id: int):
+        items = self._chunks[chunk_id]
         offset = 0
         with fileio.open_write(fileio.join(self.chunk_dir, f"chunk-{chunk_id:06d}")) as out:
             for group, position, name, attributes in items:
@@ -114,11 +117,11 @@ class TransformChunk(beam.DoFn):
                 except ImageError as e:
                     yield self._dead_letter(name, "decode", str(e))
                     continue
-                label = 1 if attributes[schema.ATTRIBUTE_NAMES.index(schema.LABEL_ATTRIBUTE)] == 1 else 0
-                record = schema.encode_example(jpeg, self.image_size, self.image_size, name, label,
-                                               [1 if a == 1 else 0 for a in attributes])
+                bits = [int(c) for c in attributes]
+                label = bits[_LABEL_INDEX]
+                record = schema.encode_example(jpeg, self.image_size, self.image_size, name, label, bits)
                 out.write(record)
-                yield (group, position, chunk_id, offset, len(record), label)
+                yield (group, position, chunk_id, offset, len(record), label, name)
                 offset += len(record)
         self.images.inc(len(items))
         self._done += len(items)
@@ -132,7 +135,8 @@ class TransformChunk(beam.DoFn):
         return beam.pvalue.TaggedOutput("errors", {"name": name, "stage": stage, "reason": reason})
 
 
-def plan_shards(located: List[tuple], groups: List[dict], num_shards: int, meta_dir: str) -> Iterable[dict]:
+def plan_shards(located: List[tuple], groups: List[dict], seed: int, num_shards: int,
+                meta_dir: str) -> Iterable[dict]:
     """Keeps the first `target` readable images of each group by rank and cuts each split into shards.
 
     Writes the selection (names, label counts, shortfalls) to meta_dir; yields one plan per shard, or none when
@@ -154,16 +158,16 @@ def plan_shards(located: List[tuple], groups: List[dict], num_shards: int, meta_
     selection = {"shortfalls": shortfalls, "splits": {}}
     plans = []
     for split, items in per_split.items():
-        items.sort(key=lambda item: groups[item[0]]["ranks"][item[1]])  # merge balanced groups by rank
+        items.sort(key=lambda item: splits.rank_key(item[6], seed))  # merges balanced groups by rank
         total = sum(item[4] for item in items)
         n = num_shards or default_num_shards(total)
         n = max(1, min(n, len(items)))
-        names = [groups[item[0]]["names"][item[1]] for item in items]
+        names = [item[6] for item in items]
         selection["splits"][split] = {"names": names, "labels": [item[5] for item in items]}
         for shard in range(n):
             lo, hi = shard * len(items) // n, (shard + 1) * len(items) // n
             plans.append({"split": split, "shard": shard, "num_shards": n,
-                          "records": [item[2:6] for item in items[lo:hi]]})
+                          "records": [item[2:] for item in items[lo:hi]]})
     write_json(fileio.join(meta_dir, "selection.json"), selection)
     if shortfalls:
         return []
@@ -183,7 +187,7 @@ class WriteShard(beam.DoFn):
         digest, labels, handles = hashlib.sha256(), [0, 0], {}
         hashing = _HashingWriter(fileio.open_write(fileio.join(self.output_dir, file_name)), digest)
         try:
-            for chunk_id, offset, length, label in plan["records"]:
+            for chunk_id, offset, length, label, _ in plan["records"]:
                 if chunk_id not in handles:
                     handles[chunk_id] = fileio.open_read(fileio.join(self.chunk_dir, f"chunk-{chunk_id:06d}"))
                 source = handles[chunk_id]
@@ -218,24 +222,26 @@ def write_errors(errors: List[dict], meta_dir: str) -> None:
     write_json(fileio.join(meta_dir, "errors.json"), sorted(errors, key=lambda e: (e["name"], e["stage"])))
 
 
-def _chunks(groups: Sequence[splits.Group]) -> List[Tuple[int, list]]:
-    items = [(g, position, row.name, row.attributes)
+def _chunks(groups: Sequence[splits.Group]) -> List[list]:
+    """Candidates in chunks of CHUNK_SIZE: [group, position, name, attributes as a '0110...' string]."""
+    items = [(g, position, row.name, "".join("1" if a == 1 else "0" for a in row.attributes))
              for g, group in enumerate(groups) for position, row in enumerate(group.candidates)]
-    return [(i // CHUNK_SIZE, items[i:i + CHUNK_SIZE]) for i in range(0, len(items), CHUNK_SIZE)]
+    return [items[i:i + CHUNK_SIZE] for i in range(0, len(items), CHUNK_SIZE)]
 
 
 def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: celeba.ImageSource,
                    config: Config, work_dir: str) -> None:
     """Adds the job's transforms to `p`; every output goes under work_dir."""
     chunk_dir, meta_dir = fileio.join(work_dir, _CHUNKS), fileio.join(work_dir, _META)
-    group_info = [{"split": g.split, "label": g.label, "target": g.target, "num_candidates": len(g.candidates),
-                   "names": [r.name for r in g.candidates],
-                   "ranks": [splits.rank_key(r.name, config.seed).hex() for r in g.candidates]}
+    group_info = [{"split": g.split, "label": g.label, "target": g.target, "num_candidates": len(g.candidates)}
                   for g in groups]
+    chunks = _chunks(groups)
+    candidates_path = fileio.join(meta_dir, "candidates.json")
+    fileio.write_bytes(candidates_path, json.dumps(chunks, separators=(",", ":")).encode())
     transformed = (
         p
-        | "CreateChunks" >> beam.Create(_chunks(groups), reshuffle=True)
-        | "TransformChunks" >> beam.ParDo(TransformChunk(source, chunk_dir, config.image_size,
+        | "CreateChunks" >> beam.Create(list(range(len(chunks))), reshuffle=True)
+        | "TransformChunks" >> beam.ParDo(TransformChunk(source, candidates_path, chunk_dir, config.image_size,
                                                          config.resize_mode, config.jpeg_quality)
                                           ).with_outputs("errors", main="located"))
     _ = (transformed.errors
@@ -243,7 +249,7 @@ def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: cel
          | "WriteErrors" >> beam.Map(write_errors, meta_dir))
     _ = (transformed.located
          | "CollectLocations" >> beam.combiners.ToList()
-         | "PlanShards" >> beam.FlatMap(plan_shards, group_info, config.num_shards, meta_dir)
+         | "PlanShards" >> beam.FlatMap(plan_shards, group_info, config.seed, config.num_shards, meta_dir)
          | "SpreadShards" >> beam.Reshuffle()
          | "WriteShards" >> beam.ParDo(WriteShard(work_dir, chunk_dir, meta_dir, config.name)))
 

@@ -45,6 +45,8 @@ def shard_name(name: str, split: str, index: int, num_shards: int) -> str:
 # --- protobuf wire format -------------------------------------------------------------------------------------
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL[value]
     if value < 0:
         value += 1 << 64
     out = bytearray()
@@ -58,6 +60,9 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+_SMALL = [bytes([v]) for v in range(128)]
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
@@ -68,7 +73,10 @@ def _bytes_feature(values: Sequence[bytes]) -> bytes:
 
 
 def _int64_feature(values: Sequence[int]) -> bytes:
-    packed = b"".join(_varint(int(v)) for v in values)
+    if all(0 <= v < 128 for v in values):
+        packed = bytes(values)  # one-byte varints: the common case of labels and 0/1 attributes
+    else:
+        packed = b"".join(_varint(int(v)) for v in values)
     return _field(3, _field(1, packed))  # Feature.int64_list { packed value }
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 import io
 import warnings
 
+import cv2
+import numpy as np
 from PIL import Image, ImageOps
 
 RESIZE_MODES = ("crop", "pad", "stretch")
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_JPEG_QUALITY = 95
-_RESAMPLE = Image.Resampling.BILINEAR
+# OpenCV resizes about 6x faster than Pillow (SIMD); one thread per process, since the records job already runs
+# one process per core.
+cv2.setNumThreads(1)
 
 # Decompression-bomb protection stays on, but as an error (dead-lettered) rather than a warning.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -23,10 +27,16 @@ class ImageError(ValueError):
     """The bytes are not an image we can decode (truncated, garbage, unsupported)."""
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Decodes any format Pillow reads (whatever the file name says) to an RGB image, EXIF orientation applied."""
+def decode_rgb(data: bytes, min_side: int = 0) -> Image.Image:
+    """Decodes any format Pillow reads (whatever the file name says) to an RGB image, EXIF orientation applied.
+
+    With min_side, a JPEG may be decoded at a reduced scale (libjpeg's DCT scaling, much faster) as long as both
+    sides stay >= min_side.
+    """
     try:
         image = Image.open(io.BytesIO(data))
+        if min_side and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
         image.load()
         image = ImageOps.exif_transpose(image)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad bytes
@@ -41,28 +51,36 @@ def decode_rgb(data: bytes) -> Image.Image:
     return image
 
 
+def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear when enlarging, area averaging (antialiased) when shrinking."""
+    shrink = pixels.shape[0] > height or pixels.shape[1] > width
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def resize_square(image: Image.Image, size: int, mode: str = "crop") -> Image.Image:
     """crop: central square then resize; pad: fit inside, pad with black; stretch: resize ignoring aspect."""
     width, height = image.size
+    pixels = np.asarray(image)
     if mode == "crop":
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
-        return image.resize((size, size), _RESAMPLE, box=(left, top, left + side, top + side))
+        return Image.fromarray(_resize(pixels[top:top + side, left:left + side], size, size))
     if mode == "pad":
         scale = size / max(width, height)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        canvas = Image.new("RGB", (size, size))
-        canvas.paste(image.resize((new_w, new_h), _RESAMPLE), ((size - new_w) // 2, (size - new_h) // 2))
-        return canvas
+        canvas = np.zeros((size, size, 3), np.uint8)
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        canvas[top:top + new_h, left:left + new_w] = _resize(pixels, new_w, new_h)
+        return Image.fromarray(canvas)
     if mode == "stretch":
-        return image.resize((size, size), _RESAMPLE)
+        return Image.fromarray(_resize(pixels, size, size))
     raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
 
 
 def transform_image(data: bytes, image_size: int = DEFAULT_IMAGE_SIZE, resize_mode: str = "crop",
                     jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
     """Raw image bytes -> JPEG bytes of an image_size x image_size RGB image. Raises ImageError on bad input."""
-    image = resize_square(decode_rgb(data), image_size, resize_mode)
+    image = resize_square(decode_rgb(data, image_size), image_size, resize_mode)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=jpeg_quality)
     return out.getvalue()

@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmarks: timing a command with the peak memory of its whole process tree."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import List, Tuple
+
+import psutil
+
+PYTHON = sys.executable
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_timed(cmd: List[str], env: dict | None = None) -> Tuple[float, int, str]:
+    """Runs cmd; returns (seconds, peak RSS in bytes summed over the process and its children, output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    peak = [0]
+
+    def sample():
+        parent = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+                peak[0] = max(peak[0], rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    output, _ = proc.communicate()
+    seconds = time.perf_counter() - start
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
+    return seconds, peak[0], output
