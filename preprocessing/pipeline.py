@@ -386,7 +386,7 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
         "images_per_sec": round(total / seconds, 1) if seconds else 0.0,
     }
     write_json(fileio.join(work_dir, MANIFEST), manifest)
-    for sub in (_META, _CHUNKS):
+    for sub in (_META, _CHUNKS, ".source"):
         fileio.delete_tree(fileio.join(work_dir, sub))
     if fileio.exists(config.output_dir):
         fileio.delete_tree(config.output_dir)  # --overwrite: only now, once the new dataset is complete

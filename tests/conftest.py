@@ -1,0 +1,66 @@
+"""Shared fixtures: small synthetic CelebA downloads in CelebA's real file formats, and built datasets."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def celeba_txt(tmp_path_factory):
+    """A 300-image synthetic download in the original txt layout (read-only for tests: copy before changing)."""
+    from preprocessing.synthetic_celeba import generate
+
+    path = str(tmp_path_factory.mktemp("celeba") / "txt")
+    generate(path, 300, seed=1, layout="txt", processes=1)
+    return path
+
+
+@pytest.fixture
+def celeba_copy(celeba_txt, tmp_path):
+    """A private copy of celeba_txt that a test may damage."""
+    path = str(tmp_path / "celeba")
+    shutil.copytree(celeba_txt, path)
+    return path
+
+
+def build(celeba_dir: str, output_dir: str, **overrides):
+    """Runs the records job in-process with small defaults; returns the manifest."""
+    from preprocessing.pipeline import Config, run
+
+    config = dict(celeba_dir=celeba_dir, output_dir=output_dir, split_sizes="120,20,20", image_size=32,
+                  num_shards=2)
+    config.update(overrides)
+    beam_args = config.pop("beam_args", ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    return run(Config(**config), beam_args)
+
+
+@pytest.fixture(scope="session")
+def records_dir(celeba_txt, tmp_path_factory):
+    """A built 32 px dataset (120/20/20) of celeba_txt."""
+    out = str(tmp_path_factory.mktemp("records") / "celeba")
+    build(celeba_txt, out)
+    return out
+
+
+def run_cli(*args, env=None, timeout=300):
+    """Runs `python -m ...` like a user would; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+
+def assert_one_line_error(proc, *needles):
+    """Non-zero exit, no traceback, and an `error:` line on stderr naming each needle."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

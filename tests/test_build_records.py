@@ -1,0 +1,212 @@
+"""End-to-end runs of the records job on synthetic CelebA downloads."""
+import glob
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import assert_one_line_error, build, run_cli
+from preprocessing import celeba, manifest as manifest_lib, schema
+from preprocessing.cli import UserError
+from preprocessing.synthetic_celeba import write_lists
+from preprocessing.transform import transform_image
+
+
+def _shard_digests(data_dir):
+    manifest = manifest_lib.read_manifest(data_dir)
+    return {s["file"]: s["sha256"] for info in manifest["splits"].values() for s in info["shards"]}
+
+
+def _records(data_dir, split):
+    files = sorted(glob.glob(os.path.join(data_dir, f"*-{split}.tfrecord-*")))
+    return [schema.parse_example(r) for r in tf.data.TFRecordDataset(files)]
+
+
+def _names(data_dir, split):
+    with open(os.path.join(data_dir, "splits", f"{split}.txt")) as f:
+        return f.read().split()
+
+
+def test_outputs_and_manifest(records_dir, celeba_txt):
+    manifest = manifest_lib.load_verified(records_dir)
+    assert os.path.exists(os.path.join(records_dir, "_SUCCESS"))
+    assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {"train": 120, "validation": 20,
+                                                                             "test": 20}
+    for split, info in manifest["splits"].items():
+        assert [s["file"] for s in info["shards"]] == [schema.shard_name("celeba", split, i, 2) for i in range(2)]
+        assert sum(s["num_records"] for s in info["shards"]) == info["num_examples"]
+        assert int(info["labels"]["0"]) + int(info["labels"]["1"]) == info["num_examples"]
+        for shard in info["shards"]:
+            assert manifest_lib.count_records(os.path.join(records_dir, shard["file"])) == shard["num_records"]
+        assert len(_names(records_dir, split)) == info["num_examples"]
+    assert manifest["image_size"] == 32 and manifest["attribute_names"] == list(schema.ATTRIBUTE_NAMES)
+    assert manifest["source"]["attributes_sha256"] == celeba.fingerprint(
+        os.path.join(celeba_txt, "list_attr_celeba.txt"))
+    assert manifest["flags"]["split_sizes"] == "120,20,20" and manifest["code_version"]
+    assert open(os.path.join(records_dir, "errors.jsonl")).read() == ""
+    assert not glob.glob(records_dir + ".partial-*")
+
+
+def test_record_image_and_label_come_from_the_same_file(records_dir, celeba_txt):
+    layout = celeba.find_layout(celeba_txt)
+    rows = {r.name: r for r in celeba.read_rows(layout)}
+    records = _records(records_dir, "train")
+    assert sorted(r[schema.FILENAME_KEY].numpy().decode() for r in records) == _names(records_dir, "train")
+    for record in records[:40]:
+        name = record[schema.FILENAME_KEY].numpy().decode()
+        row = rows[name]
+        assert row.partition == "train"
+        assert int(record[schema.LABEL_KEY]) == row.label
+        assert list(record[schema.ATTRIBUTES_KEY].numpy()) == [1 if a == 1 else 0 for a in row.attributes]
+        with open(os.path.join(layout.image_dir, name), "rb") as f:
+            assert record[schema.IMAGE_KEY].numpy() == transform_image(f.read(), 32)
+
+
+def test_reproducible_across_runs_and_runners_but_not_seeds(records_dir, celeba_txt, tmp_path):
+    again = str(tmp_path / "again")
+    build(celeba_txt, again, beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert _shard_digests(again) == _shard_digests(records_dir)
+    other = str(tmp_path / "other")
+    build(celeba_txt, other, seed=7)
+    assert _names(other, "train") != _names(records_dir, "train")
+    assert set(_shard_digests(other).values()).isdisjoint(_shard_digests(records_dir).values())
+
+
+def test_kaggle_and_zip_layouts_give_identical_shards(records_dir, celeba_txt, tmp_path):
+    rows = celeba.read_rows(celeba.find_layout(celeba_txt))
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(os.path.join(celeba_txt, "img_align_celeba"), kaggle / "img_align_celeba" / "img_align_celeba")
+    write_lists(str(kaggle), [(r.name, r.attributes) for r in rows], "kaggle")
+    build(str(kaggle), str(tmp_path / "out_kaggle"))
+    assert _shard_digests(str(tmp_path / "out_kaggle")) == _shard_digests(records_dir)
+
+    zipped = tmp_path / "zipped"
+    zipped.mkdir()
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
+        shutil.copy(os.path.join(celeba_txt, name), zipped / name)
+    with zipfile.ZipFile(zipped / "img_align_celeba.zip", "w") as z:
+        for path in sorted(glob.glob(os.path.join(celeba_txt, "img_align_celeba", "*.jpg"))):
+            z.write(path, "img_align_celeba/" + os.path.basename(path))
+    build(str(zipped), str(tmp_path / "out_zip"))
+    assert _shard_digests(str(tmp_path / "out_zip")) == _shard_digests(records_dir)
+
+
+def test_bad_images_are_dead_lettered_and_replaced(records_dir, celeba_copy, tmp_path):
+    chosen = _names(records_dir, "train")
+    images = os.path.join(celeba_copy, "img_align_celeba")
+    path = lambda name: os.path.join(images, name)  # noqa: E731
+    grey, cmyk, png, truncated, garbage, missing = chosen[:6]
+    Image.open(path(grey)).convert("L").save(path(grey), format="JPEG")
+    Image.open(path(cmyk)).convert("CMYK").save(path(cmyk), format="JPEG")
+    Image.open(path(png)).save(path(png), format="PNG")  # a PNG named .jpg
+    data = open(path(truncated), "rb").read()
+    open(path(truncated), "wb").write(data[: len(data) // 3])
+    open(path(garbage), "wb").write(b"<html>not an image</html>")
+    os.remove(path(missing))
+    out = str(tmp_path / "out")
+    manifest = build(celeba_copy, out)
+    assert manifest["splits"]["train"]["num_examples"] == 120
+    kept = _names(out, "train")
+    for name in (grey, cmyk, png):
+        assert name in kept
+    errors = [json.loads(line) for line in open(os.path.join(out, "errors.jsonl"))]
+    assert {(e["name"], e["stage"]) for e in errors} == {(truncated, "decode"), (garbage, "decode"),
+                                                        (missing, "read")}
+    assert all(e["reason"] for e in errors) and manifest["num_left_out"] == 3
+    # the replacements are the next candidates in rank order: everything else chosen before is still chosen
+    assert set(chosen) - set(kept) == {truncated, garbage, missing}
+    grey_record = next(r for r in _records(out, "train") if r[schema.FILENAME_KEY].numpy().decode() == grey)
+    assert tf.io.decode_jpeg(grey_record[schema.IMAGE_KEY]).shape == (32, 32, 3)
+
+
+def test_shortfall_fails_and_leaves_nothing(celeba_copy, tmp_path):
+    rows = celeba.read_rows(celeba.find_layout(celeba_copy))
+    validation = [r.name for r in rows if r.partition == "validation"]
+    for name in validation[:10]:
+        open(os.path.join(celeba_copy, "img_align_celeba", name), "wb").write(b"garbage")
+    out = str(tmp_path / "out")
+    with pytest.raises(UserError, match=r"split validation is 1 images short: 20 wanted, 19 readable"):
+        build(celeba_copy, out)
+    assert not os.path.exists(out)
+    assert not glob.glob(out + ".partial-*")
+
+
+def test_existing_output_refused_then_overwritten_completely(celeba_txt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="exists and is not empty; pass --overwrite"):
+        build(celeba_txt, str(out))
+    with pytest.raises(UserError, match="not a dataset of this job"):
+        build(celeba_txt, str(out), overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    shutil.rmtree(out)
+    build(celeba_txt, str(out), num_shards=3)
+    build(celeba_txt, str(out), num_shards=1, overwrite=True)
+    shards = sorted(p.name for p in out.glob("*.tfrecord-*"))
+    assert shards == [f"celeba-{s}.tfrecord-00000-of-00001" for s in ("test", "train", "validation")]
+    manifest_lib.load_verified(str(out))
+
+
+def test_balance(celeba_txt, tmp_path):
+    manifest = build(celeba_txt, str(tmp_path / "out"), split_sizes="60,10,10", balance=True)
+    for info in manifest["splits"].values():
+        assert info["labels"]["0"] == info["labels"]["1"]
+
+
+def test_too_large_split_fails_before_reading_images(celeba_txt, tmp_path):
+    with pytest.raises(UserError, match="split train asks for 5000 images but the official train partition "
+                                        "lists only 244"):
+        build(celeba_txt, str(tmp_path / "out"), split_sizes="5000,10,10")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=40):
+        manifest = build("", str(tmp_path / "out"), source="tfds", split_sizes="20,5,5", num_shards=1)
+    assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {"train": 20, "validation": 5,
+                                                                             "test": 5}
+    assert manifest["source"]["kind"] == "tfds"
+    records = _records(str(tmp_path / "out"), "train")
+    assert len(records) == 20 and records[0][schema.FILENAME_KEY].numpy().decode().startswith("train_")
+    assert not os.path.exists(tmp_path / "out" / ".source")
+
+
+def test_cli_and_inspect_records(celeba_txt, tmp_path):
+    out = str(tmp_path / "cli")
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
+                   "--split_sizes=40,10,10", "--image_size=32", "--num_shards=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "train" in proc.stdout and "images/s" in proc.stdout
+    proc = run_cli("-m", "preprocessing.inspect_records", f"--data_dir={out}", "--samples=8")
+    assert proc.returncode == 0, proc.stderr
+    assert "all 6 shards match the manifest" in proc.stdout
+    sheet = Image.open(os.path.join(out, "contact_sheet.png"))
+    assert sheet.size[0] > 100 and np.asarray(sheet).std() > 10
+    shard = os.path.join(out, "celeba-train.tfrecord-00001-of-00002")
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[:-100])
+    proc = run_cli("-m", "preprocessing.inspect_records", f"--data_dir={out}", "--samples=0")
+    assert_one_line_error(proc, "celeba-train.tfrecord-00001-of-00002")
+    assert "truncated" in proc.stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--split_sizes=1,2"], ["--split_sizes=1,2"]),
+    (["--image_size=0"], ["image_size"]),
+    (["--resize_mode=zoom"], ["resize_mode"]),
+    (["--jpeg_quality=101"], ["jpeg_quality"]),
+    (["--bogus_flag=1"], ["--bogus_flag"]),
+    (["--celeba_dir=/nonexistent/celeba"], ["/nonexistent/celeba", "CelebA"]),
+])
+def test_cli_bad_input_is_one_line(args, needles, tmp_path):
+    proc = run_cli("-m", "preprocessing.build_records", f"--output_dir={tmp_path / 'out'}", *args)
+    assert_one_line_error(proc, *needles)
+    assert not os.path.exists(tmp_path / "out")
