@@ -50,17 +50,51 @@ logging.getLogger().addFilter(_DropNoise())  # before any command imports Beam, 
 def quiet_logs() -> None:
     """INFO for this project's loggers, WARNING for the libraries', and none of their known noise."""
     logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("apache_beam", "tensorflow", "h5py", "matplotlib", "PIL", "urllib3"):
+    for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "matplotlib", "PIL", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False) -> None:
+_TF_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ")
+_NO_GPU = "failed call to cuInit"  # a CPU-only machine: TensorFlow then runs on the CPU, as the logs say
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up chatter (oneDNN, CUDA stubs) removed from stderr; real errors stay.
+
+    Those lines are written before absl logging starts, so TF_CPP_MIN_LOG_LEVEL cannot silence them.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # device discovery logs its own chatter
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(_TF_NOISE) and _NO_GPU not in line:
+                    sys.stderr.write(line)
+
+
+def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False,
+             tensorflow: bool = False) -> None:
     """Runs `main(argv)` under absl; UserError (and flag errors) become one line on stderr and exit status 2.
 
-    known_only=True leaves flags this program does not define in argv (the records job hands them to Beam).
+    known_only=True leaves flags this program does not define in argv (the records job hands them to Beam);
+    tensorflow=True imports TensorFlow first, quietly.
     """
 
     def wrapped(argv: Sequence[str]):
+        if tensorflow:
+            import_tensorflow_quietly()
         try:
             result = main(argv)
         except UserError as e:

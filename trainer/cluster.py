@@ -1,0 +1,80 @@
+"""Where this process sits in a cluster: TF_CONFIG, or Vertex AI's CLUSTER_SPEC converted to it, and who writes.
+
+Vertex AI describes a multi-replica job as CLUSTER_SPEC = {"cluster": {"workerpool0": [chief], "workerpool1":
+[workers...]}, "task": {"type": "workerpool0", "index": 0}}; TensorFlow wants TF_CONFIG with chief/worker tasks.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from preprocessing.cli import UserError
+
+_POOL_TO_TASK = {"workerpool0": "chief", "workerpool1": "worker", "workerpool2": "ps", "workerpool3": "evaluator"}
+
+
+def cluster_spec_to_tf_config(cluster_spec: dict) -> dict:
+    """Vertex AI's CLUSTER_SPEC -> TF_CONFIG (chief = workerpool0, workers = workerpool1, ...)."""
+    try:
+        cluster = {_POOL_TO_TASK[pool]: list(hosts) for pool, hosts in cluster_spec["cluster"].items() if hosts}
+        task = cluster_spec["task"]
+        return {"cluster": cluster, "task": {"type": _POOL_TO_TASK[task["type"]], "index": int(task["index"])}}
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"CLUSTER_SPEC is not a Vertex AI cluster spec ({type(e).__name__}: {e})") from None
+
+
+def tf_config(environ=None) -> Optional[dict]:
+    """The TF_CONFIG in effect (from TF_CONFIG, else from CLUSTER_SPEC), or None on a single machine."""
+    environ = os.environ if environ is None else environ
+    for name, convert in (("TF_CONFIG", lambda c: c), ("CLUSTER_SPEC", cluster_spec_to_tf_config)):
+        raw = environ.get(name)
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                raise UserError(f"{name} is not valid JSON") from None
+            config = convert(parsed)
+            if config.get("cluster"):
+                return config
+    return None
+
+
+def num_tasks(config: Optional[dict]) -> int:
+    if not config:
+        return 1
+    return sum(len(hosts) for kind, hosts in config["cluster"].items() if kind in ("chief", "worker"))
+
+
+def is_chief(config: Optional[dict]) -> bool:
+    """The chief writes checkpoints, logs and exports: the 'chief' task, else worker 0, else a lone process."""
+    if not config:
+        return True
+    task = config.get("task", {})
+    if "chief" in config["cluster"]:
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def task_id(config: Optional[dict]) -> str:
+    if not config:
+        return "chief"
+    task = config.get("task", {})
+    return f"{task.get('type', 'worker')}-{task.get('index', 0)}"
+
+
+def ensure_tf_config(environ=None) -> Optional[dict]:
+    """Makes TF_CONFIG reflect CLUSTER_SPEC when only the latter is set (so TensorFlow sees the cluster)."""
+    environ = os.environ if environ is None else environ
+    config = tf_config(environ)
+    if config and not environ.get("TF_CONFIG"):
+        environ["TF_CONFIG"] = json.dumps(config)
+    return config
+
+
+def vertex_defaults(environ=None) -> dict:
+    """Output folders Vertex AI hands a job: AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR."""
+    environ = os.environ if environ is None else environ
+    return {key: environ[var] for key, var in (("model_dir", "AIP_MODEL_DIR"),
+                                               ("checkpoint_dir", "AIP_CHECKPOINT_DIR"),
+                                               ("tensorboard_dir", "AIP_TENSORBOARD_LOG_DIR")) if environ.get(var)}

@@ -1,0 +1,101 @@
+"""Choosing the tf.distribute strategy and the mixed-precision policy for the machine at hand."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from preprocessing.cli import UserError
+from trainer import cluster
+
+LOG = logging.getLogger("trainer")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical_copy", "reduction_to_one_device")
+
+
+def split_cpu(num_devices: int) -> None:
+    """Makes the CPU appear as num_devices logical devices (to try MirroredStrategy without GPUs).
+
+    Must run before TensorFlow initializes its devices.
+    """
+    import tensorflow as tf
+
+    if num_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+
+
+def _cross_device_ops(name: str):
+    import tensorflow as tf
+
+    return {"auto": None, "nccl": tf.distribute.NcclAllReduce(),
+            "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce(),
+            "reduction_to_one_device": tf.distribute.ReductionToOneDevice()}[name]
+
+
+def make_strategy(name: str = "auto", cross_device_ops: str = "auto"):
+    """auto: multi-worker when the cluster has >1 task, mirrored over >1 GPU (or logical CPU), one GPU, else default."""
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise UserError(f"--strategy={name}: expected one of {', '.join(STRATEGIES)}")
+    if cross_device_ops not in CROSS_DEVICE_OPS:
+        raise UserError(f"--cross_device_ops={cross_device_ops}: expected one of {', '.join(CROSS_DEVICE_OPS)}")
+    config = cluster.ensure_tf_config()
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if name == "auto":
+        if cluster.num_tasks(config) > 1:
+            name = "multi_worker"
+        elif len(gpus) > 1 or (not gpus and len(cpus) > 1):
+            name = "mirrored"
+        elif gpus:
+            name = "one_device"
+        else:
+            return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        if cluster.num_tasks(config) < 2:
+            raise UserError("--strategy=multi_worker needs TF_CONFIG or CLUSTER_SPEC naming at least 2 tasks")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        devices = [d.name for d in (gpus or cpus)]
+        return tf.distribute.MirroredStrategy(devices=devices,
+                                              cross_device_ops=_cross_device_ops(cross_device_ops))
+    return tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
+
+
+def describe(strategy) -> str:
+    return f"{type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas in sync"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str = "auto") -> str:
+    """auto: mixed_float16 on GPUs of compute capability >= 7, mixed_bfloat16 on TPUs and bf16 CPUs, else float32."""
+    import tensorflow as tf
+
+    if requested not in PRECISIONS:
+        raise UserError(f"--precision={requested}: expected one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    if tf.config.list_logical_devices("TPU"):
+        return "mixed_bfloat16"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
+                        for g in gpus]
+        return "mixed_float16" if all(c and c[0] >= 7 for c in capabilities) else "float32"
+    return "mixed_bfloat16" if _cpu_has_bf16() else "float32"
+
+
+def set_precision(policy: str) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)

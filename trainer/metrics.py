@@ -1,0 +1,128 @@
+"""Test metrics (accuracy, per-class precision/recall, confusion matrix, ROC AUC, attribute slices) and plots."""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from preprocessing import fileio
+from preprocessing.schema import ATTRIBUTE_NAMES, CLASS_NAMES
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC (the Mann-Whitney statistic, ties counted half); NaN when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = labels.sum(), (~labels).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, attributes: np.ndarray,
+                           slices: Sequence[str] = ATTRIBUTE_NAMES) -> Dict:
+    """Everything metrics.json reports about one split. probs: [N, 2]; labels: [N] 0/1; attributes: [N, 40] 0/1."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels).astype(int)
+    predicted = probs.argmax(axis=1)
+    correct = predicted == labels
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)))) if len(labels) else 0.0
+    confusion = np.zeros((2, 2), dtype=int)  # rows: true class, columns: predicted class
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {}
+    for c, name in enumerate(CLASS_NAMES):
+        tp = confusion[c, c]
+        precision = tp / confusion[:, c].sum() if confusion[:, c].sum() else 0.0
+        recall = tp / confusion[c, :].sum() if confusion[c, :].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(float(precision), 5), "recall": round(float(recall), 5),
+                           "f1": round(float(f1), 5), "support": int(confusion[c, :].sum())}
+    attribute_slices = {}
+    for name in slices:
+        column = np.asarray(attributes)[:, ATTRIBUTE_NAMES.index(name)].astype(bool)
+        attribute_slices[name] = {
+            key: {"count": int(mask.sum()), "accuracy": round(float(correct[mask].mean()), 5) if mask.any() else None}
+            for key, mask in (("with", column), ("without", ~column))}
+    return {
+        "accuracy": round(float(correct.mean()), 5) if len(labels) else 0.0,
+        "loss": round(loss, 5),
+        "num_examples": int(len(labels)),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": list(CLASS_NAMES), "rows": "true", "columns": "predicted",
+                             "matrix": confusion.tolist()},
+        "roc_auc": round(roc_auc(labels, probs[:, 1]), 5),
+        "attribute_slices": attribute_slices,
+    }
+
+
+def _save_figure(fig, path: str) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    fileio.write_bytes(path, buffer.getvalue())
+
+
+def plot_confusion_matrix(matrix: List[List[int]], path: str, title: str = "Test confusion matrix") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=12)
+    ax.set_xticks([0, 1], CLASS_NAMES)
+    ax.set_yticks([0, 1], CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def read_history(path: str) -> List[dict]:
+    if not fileio.exists(path):
+        return []
+    return list(csv.DictReader(io.StringIO(fileio.read_bytes(path).decode())))
+
+
+def plot_learning_curves(history: List[dict], path: str) -> None:
+    """Train/val loss and accuracy per epoch, like the seed notebook's loss graph."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(epochs, [float(r[key]) for r in history], "o-", label=f"train {key}")
+        val = [(e, float(r[f"val_{key}"])) for e, r in zip(epochs, history) if r.get(f"val_{key}") not in ("", None)]
+        if val:
+            ax.plot(*zip(*val), "o-", label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fine_tune = [int(r["epoch"]) for r in history if r.get("phase") == "fine_tune"]
+    if fine_tune:
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(min(fine_tune) - 0.5, color="grey", linestyle="--", linewidth=1)
+    fig.suptitle("Learning curves")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)

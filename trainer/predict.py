@@ -1,0 +1,83 @@
+"""Predicts male/female for raw image files with a trained model.
+
+Usage:
+  python -m trainer.predict --model_dir=runs/celeba photo1.jpg photo2.png ...
+
+Prints one line per file: the file, `male` or `female`, and P(male). Files of any size and format go through the
+very transform the records job applied to the training images (preprocessing.transform.transform_image).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+from absl import flags
+
+from preprocessing import fileio
+from preprocessing.cli import UserError, run_main
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", os.path.join("runs", "celeba"), "A trainer.main output folder.")
+flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
+
+
+def prepare(paths: Sequence[str], image_size: int, resize_mode: str = "crop", jpeg_quality: int = 95):
+    """Raw files -> uint8 array [N, S, S, 3], exactly as the records job stores images (transform, then decode)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from preprocessing.transform import ImageError, transform_image
+
+    images = []
+    for path in paths:
+        if not fileio.exists(path):
+            raise UserError(f"{path}: no such file")
+        try:
+            jpeg = transform_image(fileio.read_bytes(path), image_size, resize_mode, jpeg_quality)
+        except ImageError as e:
+            raise UserError(f"{path}: {e}") from None
+        images.append(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
+    return np.stack(images)
+
+
+def predict_files(model, paths: Sequence[str], transform: dict, batch_size: int = 32) -> List[float]:
+    """P(male) for each file."""
+    image_size = model.input_shape[1]
+    images = prepare(paths, image_size, transform.get("resize_mode", "crop"), transform.get("jpeg_quality", 95))
+    probs = model.predict(images, batch_size=batch_size, verbose=0)
+    return [float(p[1]) for p in probs]
+
+
+def _transform_of(model_dir: str) -> dict:
+    """The records job's transform settings for the data the model was trained on (from its manifest)."""
+    from preprocessing import manifest as manifest_lib
+    from trainer.model import trained_metrics
+
+    data_dir = trained_metrics(model_dir).get("data_dir")
+    if data_dir and fileio.exists(fileio.join(data_dir, manifest_lib.MANIFEST)):
+        manifest = manifest_lib.read_manifest(data_dir)
+        return {"resize_mode": manifest["resize_mode"], "jpeg_quality": manifest["jpeg_quality"]}
+    return {}
+
+
+def main(argv: Sequence[str]) -> int:
+    paths = list(argv[1:])
+    if not paths:
+        raise UserError("no image files given: python -m trainer.predict --model_dir=M FILE...")
+    from preprocessing.schema import CLASS_NAMES
+    from trainer.model import load_trained
+
+    model = load_trained(FLAGS.model_dir)
+    for path, p_male in zip(paths, predict_files(model, paths, _transform_of(FLAGS.model_dir), FLAGS.batch_size)):
+        print(f"{path}\t{CLASS_NAMES[int(p_male >= 0.5)]}\t{p_male:.4f}")
+    return 0
+
+
+def cli() -> None:
+    run_main(main, tensorflow=True)
+
+
+if __name__ == "__main__":
+    cli()
