@@ -93,6 +93,7 @@ def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False,
     """
 
     def wrapped(argv: Sequence[str]):
+        logging.getLogger("absl").setLevel(logging.WARNING)  # libraries' absl.logging chatter (after flag parsing)
         if tensorflow:
             import_tensorflow_quietly()
         try:

@@ -43,12 +43,12 @@ def _attributes(rng: np.random.Generator) -> dict:
     a = {name: bool(rng.random() < 0.2) for name in ATTRIBUTE_NAMES}
     male = bool(rng.random() < 0.42)  # CelebA is ~42 % male
     a["Male"] = male
-    long_hair = rng.random() < (0.12 if male else 0.88)
-    beard = male and rng.random() < 0.55
+    long_hair = rng.random() < (0.08 if male else 0.92)
+    beard = male and rng.random() < 0.6
     a["No_Beard"] = not beard
     a["Goatee"] = beard and rng.random() < 0.4
     a["Mustache"] = beard and rng.random() < 0.5
-    a["Wearing_Lipstick"] = rng.random() < (0.03 if male else 0.6)
+    a["Wearing_Lipstick"] = rng.random() < (0.02 if male else 0.65)
     a["Heavy_Makeup"] = a["Wearing_Lipstick"] and rng.random() < 0.6
     hair = rng.choice(list(_HAIR))
     for name in _HAIR:

@@ -50,6 +50,7 @@ flags.DEFINE_integer("fine_tune_epochs", 0, "Epochs of the fine-tuning phase.")
 flags.DEFINE_float("fine_tune_lr", 1e-5, "Adam learning rate of the fine-tuning phase.")
 flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: one pass over the train split).")
 flags.DEFINE_bool("verify_data", True, "Check every shard's size and sha256 against the manifest first.")
+flags.DEFINE_bool("restore_best", True, "Evaluate and export the weights of the epoch with the lowest val_loss.")
 flags.DEFINE_bool("export", True, "Write model.keras and export/ (SavedModel) at the end.")
 
 
@@ -71,6 +72,7 @@ def config_from_flags():
         checkpoint_steps=FLAGS.checkpoint_steps, fresh=FLAGS.fresh, fine_tune_from=FLAGS.fine_tune_from,
         fine_tune_epochs=FLAGS.fine_tune_epochs, fine_tune_lr=FLAGS.fine_tune_lr,
         steps_per_epoch=FLAGS.steps_per_epoch, verify_data=FLAGS.verify_data, export=FLAGS.export,
+        restore_best=FLAGS.restore_best,
         checkpoint_dir=vertex.get("checkpoint_dir"), tensorboard_dir=vertex.get("tensorboard_dir"))
 
 

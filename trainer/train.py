@@ -63,6 +63,7 @@ class TrainConfig:
     steps_per_epoch: int = 0
     verify_data: bool = True
     export: bool = True
+    restore_best: bool = True
     checkpoint_dir: Optional[str] = None
     tensorboard_dir: Optional[str] = None
 
@@ -304,12 +305,18 @@ class Trainer:
                 model_lib.backbone(self.model).trainable = False
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+            self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False, name="best_val_loss")
+            self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
         trackables = dict(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
-                          step_in_epoch=self.step_in_epoch)
+                          step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss,
+                          best_epoch=self.best_epoch)
         if self.fine_tune_optimizer is not None:
             trackables["fine_tune_optimizer"] = self.fine_tune_optimizer
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir, max_to_keep=3)
+        # The weights of the epoch with the lowest val_loss (Keras' restore_best_weights), kept across resumes.
+        self.best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
+                                                       fileio.join(self.checkpoint_dir, "best"), max_to_keep=1)
 
     def _optimizer(self, lr: float):
         optimizer = keras.optimizers.Adam(learning_rate=lr)
@@ -318,7 +325,8 @@ class Trainer:
     def _restore(self) -> List[dict]:
         config = self.config
         if config.fresh and self.is_chief:
-            for path in (self.checkpoint_dir, self.history_path, fileio.join(config.model_dir, "feature_cache")):
+            for path in (self.checkpoint_dir, self.history_path, fileio.join(config.model_dir, "feature_cache"),
+                         fileio.join(config.model_dir, "metrics.json")):
                 if fileio.exists(path):
                     fileio.delete_tree(path) if fileio.isdir(path) else os.remove(path)
         history = metrics_lib.read_history(self.history_path)
@@ -364,6 +372,10 @@ class Trainer:
             if self.is_chief:
                 _write_history(self.history_path, history)
                 metrics_lib.plot_learning_curves(history, fileio.join(config.model_dir, "learning_curves.png"))
+        if config.restore_best and self.best_manager.latest_checkpoint:
+            tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
+            print(f"Restored the weights of epoch {int(self.best_epoch.numpy())} (lowest val_loss "
+                  f"{float(self.best_val_loss.numpy()):.4f})", flush=True)
         return {"history": history}
 
     def _validation_fn(self):
@@ -437,6 +449,10 @@ class Trainer:
         val_loss, val_accuracy = validate(phase)
         self.epoch.assign(epoch)
         self.step_in_epoch.assign(0)
+        if val_loss < float(self.best_val_loss.numpy()):
+            self.best_val_loss.assign(val_loss)
+            self.best_epoch.assign(epoch)
+            self.best_manager.save()
         self._save()
         seconds = time.time() - start
         row = {"epoch": epoch, "phase": phase, "loss": round(loss_sum / max(seen, 1), 6),
@@ -461,7 +477,8 @@ class Trainer:
         config = self.config
         split = "test" if self.info.has("test") else "validation"
         result = evaluate_model(self.model, self.info, split, config.batch_size)
-        result.update({"precision": self.policy, "strategy": type(self.strategy).__name__,
+        result.update({"best_epoch": int(self.best_epoch.numpy()) if config.restore_best else None,
+                       "precision": self.policy, "strategy": type(self.strategy).__name__,
                        "replicas": self.replicas, "flags": _jsonable(dataclasses.asdict(config)),
                        "image_size": self.info.image_size, "data_dir": config.data_dir})
         if not self.is_chief:
