@@ -82,20 +82,21 @@ def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, t
 
     def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
         batch = global_batch_size
-        ds = tf.data.Dataset.from_tensor_slices(files)
+        pipelines, pipeline_id = 1, 0
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(global_batch_size)
-            if input_context.num_input_pipelines > 1:
-                if len(files) < input_context.num_input_pipelines:
-                    raise ValueError(f"{len(files)} shards cannot feed {input_context.num_input_pipelines} input "
-                                     f"pipelines; rebuild the records with --num_shards >= "
-                                     f"{input_context.num_input_pipelines}")
-                ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        by_file = pipelines == 1 or len(files) >= pipelines
+        if pipelines > 1 and by_file:  # FILE sharding: each input pipeline reads its own shards
+            ds = ds.shard(pipelines, pipeline_id)
         if training:
             ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
                            cycle_length=max(1, min(len(files), 16)), block_length=1,
                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if not by_file:  # fewer shards than pipelines: every pipeline reads all, keeps every n-th record
+            ds = ds.shard(pipelines, pipeline_id)
         decode_fn = lambda r: decode(r, image_size, with_extras)  # noqa: E731
         if cache:  # decode once, keep the pixels; shuffling happens after the cache so each epoch differs
             ds = ds.map(decode_fn, num_parallel_calls=AUTOTUNE).cache()

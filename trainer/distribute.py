@@ -42,21 +42,21 @@ def make_strategy(name: str = "auto", cross_device_ops: str = "auto"):
     if cross_device_ops not in CROSS_DEVICE_OPS:
         raise UserError(f"--cross_device_ops={cross_device_ops}: expected one of {', '.join(CROSS_DEVICE_OPS)}")
     config = cluster.ensure_tf_config()
+    if name == "auto" and cluster.num_tasks(config) > 1:
+        name = "multi_worker"
+    if name == "multi_worker":  # before anything initializes TensorFlow's devices: collectives need it so
+        if cluster.num_tasks(config) < 2:
+            raise UserError("--strategy=multi_worker needs TF_CONFIG or CLUSTER_SPEC naming at least 2 tasks")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     if name == "auto":
-        if cluster.num_tasks(config) > 1:
-            name = "multi_worker"
-        elif len(gpus) > 1 or (not gpus and len(cpus) > 1):
+        if len(gpus) > 1 or (not gpus and len(cpus) > 1):
             name = "mirrored"
         elif gpus:
             name = "one_device"
         else:
             return tf.distribute.get_strategy()
-    if name == "multi_worker":
-        if cluster.num_tasks(config) < 2:
-            raise UserError("--strategy=multi_worker needs TF_CONFIG or CLUSTER_SPEC naming at least 2 tasks")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         devices = [d.name for d in (gpus or cpus)]
         return tf.distribute.MirroredStrategy(devices=devices,
@@ -64,8 +64,17 @@ def make_strategy(name: str = "auto", cross_device_ops: str = "auto"):
     return tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
 
 
+def strategy_name(strategy) -> str:
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy
+    name = type(strategy).__name__
+    return "default strategy" if name.startswith("_Default") else name
+
+
 def describe(strategy) -> str:
-    return f"{type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas in sync"
+    return f"{strategy_name(strategy)}, {strategy.num_replicas_in_sync} replicas in sync"
 
 
 def _cpu_has_bf16() -> bool:

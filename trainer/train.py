@@ -268,9 +268,8 @@ class Trainer:
         self.stop = _Stop()
         self._steps = {}
         LOG.info("Strategy: %s", distribute.describe(self.strategy))
-        LOG.info("%d replicas in sync; global batch %d (%d per replica); precision %s; feature cache %s",
-                 self.replicas, config.batch_size, config.batch_size // self.replicas, self.policy,
-                 "on" if self.use_feature_cache else "off")
+        LOG.info("global batch %d (%d per replica); precision %s; feature cache %s", config.batch_size,
+                 config.batch_size // self.replicas, self.policy, "on" if self.use_feature_cache else "off")
 
     def _feature_cache_wanted(self, multi_worker: bool) -> bool:
         mode, config = self.config.feature_cache, self.config
@@ -372,6 +371,7 @@ class Trainer:
             if self.is_chief:
                 _write_history(self.history_path, history)
                 metrics_lib.plot_learning_curves(history, fileio.join(config.model_dir, "learning_curves.png"))
+        LOG.info("weights checksum (%s): %s", cluster.task_id(self.cluster), weights_checksum(self.model))
         if config.restore_best and self.best_manager.latest_checkpoint:
             tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
             print(f"Restored the weights of epoch {int(self.best_epoch.numpy())} (lowest val_loss "
@@ -478,7 +478,7 @@ class Trainer:
         split = "test" if self.info.has("test") else "validation"
         result = evaluate_model(self.model, self.info, split, config.batch_size)
         result.update({"best_epoch": int(self.best_epoch.numpy()) if config.restore_best else None,
-                       "precision": self.policy, "strategy": type(self.strategy).__name__,
+                       "precision": self.policy, "strategy": distribute.strategy_name(self.strategy),
                        "replicas": self.replicas, "flags": _jsonable(dataclasses.asdict(config)),
                        "image_size": self.info.image_size, "data_dir": config.data_dir})
         if not self.is_chief:
@@ -493,6 +493,14 @@ class Trainer:
     def cleanup(self) -> None:
         if not self.is_chief and os.path.isdir(self.checkpoint_dir):
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+
+def weights_checksum(net: keras.Model) -> str:
+    """A short digest of all weights: equal on every worker when they are in sync."""
+    digest = hashlib.sha256()
+    for w in net.weights:
+        digest.update(np.ascontiguousarray(w.numpy()).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _jsonable(obj):
