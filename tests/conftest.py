@@ -64,3 +64,28 @@ def assert_one_line_error(proc, *needles):
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+@pytest.fixture(scope="session")
+def learn_records(tmp_path_factory):
+    """A 32 px dataset big enough to learn from: 800/100/100 images of a 1200-image synthetic download."""
+    from preprocessing.synthetic_celeba import generate
+
+    base = tmp_path_factory.mktemp("learn")
+    generate(str(base / "celeba"), 1200, seed=3, layout="txt", processes=2)
+    out = str(base / "records")
+    build(str(base / "celeba"), out, split_sizes="800,100,100", num_shards=2)
+    return out
+
+
+TRAIN_ARGS = ["--weights=none", "--batch_size=32", "--lr=2e-3", "--head_units=64"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(learn_records, tmp_path_factory):
+    """A finished trainer.main run (CLI, feature cache on) on learn_records: (model_dir, CompletedProcess)."""
+    model_dir = str(tmp_path_factory.mktemp("run") / "model")
+    proc = run_cli("-m", "trainer.main", f"--data_dir={learn_records}", f"--model_dir={model_dir}", "--epochs=25",
+                   *TRAIN_ARGS, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return model_dir, proc

@@ -22,11 +22,9 @@ flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1
 
 
 def prepare(paths: Sequence[str], image_size: int, resize_mode: str = "crop", jpeg_quality: int = 95):
-    """Raw files -> uint8 array [N, S, S, 3], exactly as the records job stores images (transform, then decode)."""
-    import io
-
+    """Raw files -> uint8 array [N, S, S, 3]: the records job's transform, then the trainer's JPEG decode."""
     import numpy as np
-    from PIL import Image
+    import tensorflow as tf
 
     from preprocessing.transform import ImageError, transform_image
 
@@ -38,7 +36,7 @@ def prepare(paths: Sequence[str], image_size: int, resize_mode: str = "crop", jp
             jpeg = transform_image(fileio.read_bytes(path), image_size, resize_mode, jpeg_quality)
         except ImageError as e:
             raise UserError(f"{path}: {e}") from None
-        images.append(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
+        images.append(tf.io.decode_jpeg(jpeg, channels=3).numpy())  # as trainer/data.py decodes records
     return np.stack(images)
 
 

@@ -366,11 +366,7 @@ class Trainer:
         while int(self.epoch.numpy()) < total:
             epoch = int(self.epoch.numpy()) + 1
             phase = "head" if epoch <= config.epochs else "fine_tune"
-            row = self._run_epoch(epoch, total, phase, val_fn, writer)
-            history.append(row)
-            if self.is_chief:
-                _write_history(self.history_path, history)
-                metrics_lib.plot_learning_curves(history, fileio.join(config.model_dir, "learning_curves.png"))
+            self._run_epoch(epoch, total, phase, val_fn, writer, history)
         LOG.info("weights checksum (%s): %s", cluster.task_id(self.cluster), weights_checksum(self.model))
         if config.restore_best and self.best_manager.latest_checkpoint:
             tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
@@ -397,7 +393,11 @@ class Trainer:
         path = fileio.join(_feature_cache_dir(self.config, self.info, self.policy), split)
         return build_feature_cache(self.model, self.info, split, path, self.config.batch_size)
 
-    def _run_epoch(self, epoch: int, total: int, phase: str, validate, writer) -> dict:
+    def _run_epoch(self, epoch: int, total: int, phase: str, validate, writer, history: List[dict]) -> None:
+        """Trains one epoch (or its remainder after a resume), validates, records history, then checkpoints.
+
+        history.csv is written before the checkpoint: a kill in between leaves a row that the resume drops.
+        """
         config = self.config
         start = time.time()
         use_cache = phase == "head" and self.use_feature_cache
@@ -447,13 +447,6 @@ class Trainer:
                 self._save()
         train_seconds = time.time() - train_start
         val_loss, val_accuracy = validate(phase)
-        self.epoch.assign(epoch)
-        self.step_in_epoch.assign(0)
-        if val_loss < float(self.best_val_loss.numpy()):
-            self.best_val_loss.assign(val_loss)
-            self.best_epoch.assign(epoch)
-            self.best_manager.save()
-        self._save()
         seconds = time.time() - start
         row = {"epoch": epoch, "phase": phase, "loss": round(loss_sum / max(seen, 1), 6),
                "accuracy": round(correct_sum / max(seen * config.batch_size, 1), 6),
@@ -461,14 +454,23 @@ class Trainer:
                "epoch_seconds": round(seconds, 3),
                "images_per_sec": round(seen * config.batch_size / max(train_seconds, 1e-9), 1),
                "feature_cache": int(use_cache)}
+        history.append(row)
         if self.is_chief:
             print(f"  val_loss {val_loss:.4f}  val_accuracy {val_accuracy:.4f}  "
                   f"({seconds:.1f} s, {row['images_per_sec']:.0f} images/s)", flush=True)
+            _write_history(self.history_path, history)
+            metrics_lib.plot_learning_curves(history, fileio.join(config.model_dir, "learning_curves.png"))
             with writer.as_default(step=epoch):
                 for key in ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_sec", "epoch_seconds"):
                     tf.summary.scalar(key, row[key])
             writer.flush()
-        return row
+        self.epoch.assign(epoch)
+        self.step_in_epoch.assign(0)
+        if val_loss < float(self.best_val_loss.numpy()):
+            self.best_val_loss.assign(val_loss)
+            self.best_epoch.assign(epoch)
+            self.best_manager.save()
+        self._save()
 
     # -- after training --
 

@@ -1,0 +1,41 @@
+"""MirroredStrategy on 2 logical CPUs and a 2-process MultiWorkerMirroredStrategy cluster on 127.0.0.1."""
+import json
+import os
+import re
+
+from conftest import ROOT, TRAIN_ARGS, assert_one_line_error, run_cli
+
+
+def test_mirrored_two_devices_equals_one_device(records_dir):
+    proc = run_cli(os.path.join(ROOT, "tests", "helpers", "mirrored_vs_one_device.py"), records_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["max_weight_diff"] < 1e-5, result
+    assert abs(result["losses_mirrored"][0] - result["losses_single"][0]) < 1e-5
+
+
+def test_multi_worker_cluster_ends_with_equal_weights(learn_records, tmp_path):
+    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--", f"--data_dir={learn_records}",
+                   f"--model_dir={tmp_path / 'mw'}", "--epochs=2", "--steps_per_epoch=6", *TRAIN_ARGS,
+                   "--precision=mixed_bfloat16", "--noexport", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert re.search(r"\[worker 0\].*MultiWorkerMirroredStrategy, 2 replicas in sync", out), out[-3000:]
+    sums = dict(re.findall(r"\[worker \d\].*weights checksum \((worker-\d)\): (\w+)", out))
+    assert set(sums) == {"worker-0", "worker-1"} and len(set(sums.values())) == 1, sums
+    assert os.path.exists(tmp_path / "mw" / "history.csv")  # only the chief writes the outputs
+    assert os.path.exists(tmp_path / "mw" / "metrics.json")
+
+
+def test_local_cluster_stops_all_workers_when_one_fails(tmp_path):
+    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--grace_seconds=2", "--",
+                   f"--data_dir={tmp_path / 'missing'}", timeout=300)
+    assert_one_line_error(proc, "local cluster failed")
+    assert "[worker 0] error: data folder" in proc.stdout or "[worker 1] error: data folder" in proc.stdout
+
+
+def test_batch_must_divide_by_replicas(records_dir, tmp_path):
+    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}",
+                   "--num_cpu_devices=2", "--strategy=mirrored", "--batch_size=7", "--weights=none")
+    assert_one_line_error(proc, "--batch_size=7", "2 replicas")

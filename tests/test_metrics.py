@@ -1,0 +1,38 @@
+import itertools
+
+import numpy as np
+
+from preprocessing.schema import ATTRIBUTE_NAMES
+from trainer.metrics import classification_metrics, roc_auc
+
+
+def _brute_auc(labels, scores):
+    pos = [s for s, l in zip(scores, labels) if l]
+    neg = [s for s, l in zip(scores, labels) if not l]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_roc_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.random(200) + labels * 0.3, 2)  # rounding makes ties
+    assert abs(roc_auc(labels, scores) - _brute_auc(labels, scores)) < 1e-12
+    assert np.isnan(roc_auc(np.ones(5), np.arange(5)))
+
+
+def test_classification_metrics():
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]])
+    attributes = np.zeros((5, len(ATTRIBUTE_NAMES)), int)
+    eyeglasses = ATTRIBUTE_NAMES.index("Eyeglasses")
+    attributes[[0, 3], eyeglasses] = 1
+    m = classification_metrics(probs, labels, attributes)
+    assert m["accuracy"] == 0.6
+    assert m["confusion_matrix"]["matrix"] == [[1, 1], [1, 2]]
+    assert m["per_class"]["male"] == {"precision": round(2 / 3, 5), "recall": round(2 / 3, 5),
+                                      "f1": round(2 / 3, 5), "support": 3}
+    assert m["attribute_slices"]["Eyeglasses"]["with"] == {"count": 2, "accuracy": 0.5}
+    assert m["attribute_slices"]["Eyeglasses"]["without"] == {"count": 3, "accuracy": round(2 / 3, 5)}
+    expected_loss = -np.mean(np.log([0.9, 0.3, 0.8, 0.4, 0.9]))
+    assert abs(m["loss"] - expected_loss) < 1e-4

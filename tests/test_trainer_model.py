@@ -1,0 +1,67 @@
+"""Model, precision and feature-cache behaviour, in process on the small records."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import data, model as model_lib
+from trainer.train import Trainer, TrainConfig, build_feature_cache, predict
+
+
+@pytest.fixture
+def policy():
+    yield lambda name: keras.mixed_precision.set_global_policy(name)
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _trainer(records_dir, tmp_path, **kw):
+    config = TrainConfig(data_dir=records_dir, model_dir=str(tmp_path / "m"), weights="none", batch_size=8,
+                         head_units=(16,), epochs=1, **kw)
+    return Trainer(config)
+
+
+@pytest.mark.parametrize("precision,compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16"),
+                                               ("float32", "float32")])
+def test_precision_keeps_float32_variables_and_output(records_dir, tmp_path, policy, precision, compute):
+    trainer = _trainer(records_dir, tmp_path, precision=precision)
+    trainer._build()
+    net = trainer.model
+    assert all(v.dtype == "float32" for v in net.weights)
+    assert model_lib.backbone(net).layers[1].compute_dtype == compute
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("uint8")
+    assert net(images).dtype == tf.float32
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    # one real training step in this precision
+    dataset_fn = trainer._streaming_dataset(True, "train")
+    step = __import__("trainer.train", fromlist=["_train_step_fn"])._train_step_fn(
+        trainer.strategy, net, trainer.optimizer, 8, trainer.loss_scaling)
+    before = [w.numpy().copy() for w in net.trainable_weights]
+    loss, _ = step(iter(trainer.strategy.distribute_datasets_from_function(dataset_fn)))
+    assert np.isfinite(float(loss))
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, net.trainable_weights))
+
+
+def test_feature_cache_matches_streaming(records_dir, tmp_path, policy):
+    policy("mixed_bfloat16")
+    info = data.load(records_dir)
+    net = model_lib.build_model(32, "none", (16,), 0.0, "flatten", seed=1)
+    cached = build_feature_cache(net, info, "test", str(tmp_path / "cache"), batch_size=8)
+    features = np.stack([f.numpy() for f, _ in cached])
+    images = np.concatenate([x.numpy() for x, _ in data.make_dataset_fn(info.files("test"), 32, 8, False)()])
+    streamed = model_lib.feature_model(net).predict(images, verbose=0)
+    assert features.shape == streamed.shape == (20, 512)
+    np.testing.assert_array_equal(features.astype(np.float32), streamed.astype(np.float32))
+    head_probs, _ = predict(model_lib.head_model(net), cached.batch(8))
+    np.testing.assert_allclose(head_probs, net.predict(images, verbose=0), atol=1e-6)
+    # a second call reuses the saved features
+    again = build_feature_cache(net, info, "test", str(tmp_path / "cache"), batch_size=8)
+    assert again.cardinality().numpy() == cached.cardinality().numpy()
+
+
+def test_fine_tune_unfreezes_from_layer():
+    net = model_lib.build_model(32, "none", (8,), 0.0, "flatten")
+    frozen = len(net.trainable_weights)
+    assert model_lib.unfreeze_from(net, "block5_conv1") == 3
+    assert len(net.trainable_weights) == frozen + 6
+    with pytest.raises(Exception, match="not a VGG16 layer"):
+        model_lib.unfreeze_from(net, "block9_conv1")

@@ -1,0 +1,198 @@
+"""trainer.main / evaluate / predict as a user runs them."""
+import csv
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, TRAIN_ARGS, assert_one_line_error, run_cli
+
+
+def _history(model_dir):
+    with open(os.path.join(model_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_learns_the_synthetic_label(trained_run, learn_records):
+    model_dir, proc = trained_run
+    assert "Epoch 1/25" in proc.stdout and "Epoch 25/25" in proc.stdout
+    assert "1 replicas in sync" in proc.stderr or "1 replicas in sync" in proc.stdout
+    metrics = json.load(open(os.path.join(model_dir, "metrics.json")))
+    manifest = json.load(open(os.path.join(learn_records, "manifest.json")))
+    majority = max(manifest["splits"]["test"]["labels"].values()) / manifest["splits"]["test"]["num_examples"]
+    assert metrics["test_accuracy"] >= max(0.75, majority + 0.15), metrics["test_accuracy"]
+    assert metrics["roc_auc"] > 0.85
+    assert metrics["precision"] in ("mixed_bfloat16", "float32") and metrics["replicas"] == 1
+    assert set(metrics["per_class"]) == {"female", "male"} and "Eyeglasses" in metrics["attribute_slices"]
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 100
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in proc.stdout
+
+
+def test_outputs(trained_run):
+    model_dir, _ = trained_run
+    rows = _history(model_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 26))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_sec"):
+        assert all(float(r[key]) >= 0 for r in rows), key
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    for name in ("learning_curves.png", "confusion_matrix.png"):
+        image = Image.open(os.path.join(model_dir, name))
+        assert image.size[0] > 300 and np.asarray(image.convert("L")).std() > 5
+    assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
+    assert os.path.exists(os.path.join(model_dir, "model.keras"))
+    assert glob.glob(os.path.join(model_dir, "logs", "events.out.tfevents.*"))
+    assert not os.path.exists(os.path.join(model_dir, "feature_cache"))
+    # feature cache: epochs after the first skip the backbone entirely
+    assert all(r["feature_cache"] == "1" for r in rows)
+    assert float(rows[1]["epoch_seconds"]) * 3 < float(rows[0]["epoch_seconds"])
+
+
+def test_evaluate_reproduces_test_metrics(trained_run):
+    model_dir, _ = trained_run
+    proc = run_cli("-m", "trainer.evaluate", f"--model_dir={model_dir}", "--split=test")
+    assert proc.returncode == 0, proc.stderr
+    trained = json.load(open(os.path.join(model_dir, "metrics.json")))
+    again = json.load(open(os.path.join(model_dir, "metrics_test.json")))
+    assert again["test_accuracy"] == trained["test_accuracy"]
+    assert f"test accuracy {trained['test_accuracy']:.4f}" in proc.stdout
+
+
+def test_predict_raw_files_agrees_with_records_and_saved_model(trained_run, learn_records, tmp_path):
+    import tensorflow as tf
+
+    from preprocessing import schema
+    from trainer.model import load_trained
+
+    model_dir, _ = trained_run
+    files = sorted(tf.io.gfile.glob(os.path.join(learn_records, "*-test.tfrecord-*")))
+    records = [schema.parse_example(r) for r in tf.data.TFRecordDataset(files).take(6)]
+    names = [r[schema.FILENAME_KEY].numpy().decode() for r in records]
+    images = np.stack([tf.io.decode_jpeg(r[schema.IMAGE_KEY]).numpy() for r in records])
+    celeba = os.path.join(os.path.dirname(learn_records), "celeba", "img_align_celeba")
+    paths = [os.path.join(celeba, n) for n in names]
+    png = str(tmp_path / "as_png.png")  # a different format of the same picture gives a similar answer
+    Image.open(paths[0]).save(png)
+    proc = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", *paths, png)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("\t") for line in proc.stdout.strip().splitlines()]
+    assert [l[0] for l in lines] == paths + [png]
+    p_cli = np.array([float(l[2]) for l in lines])
+    assert all(l[1] == ("male" if float(l[2]) >= 0.5 else "female") for l in lines)
+    model = load_trained(model_dir)
+    p_records = model.predict(images, verbose=0)[:, 1]
+    np.testing.assert_allclose(p_cli[:6], p_records, atol=2e-3)
+    assert abs(p_cli[6] - p_cli[0]) < 0.05
+    serving = tf.saved_model.load(os.path.join(model_dir, "export"))
+    p_saved = serving.serve(tf.constant(images)).numpy()[:, 1]
+    np.testing.assert_allclose(p_saved, p_records, atol=2e-3)
+
+
+def _train_cmd(data_dir, model_dir, *extra):
+    return [sys.executable, "-m", "trainer.main", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+            "--feature_cache=off", "--batch_size=16", "--steps_per_epoch=25", "--weights=none", "--head_units=16",
+            "--noexport", *extra]
+
+
+def _wait_for_checkpoint(model_dir, proc, timeout=240):
+    index = os.path.join(model_dir, "checkpoints", "checkpoint")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(index):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_resume_after_sigkill(records_dir, tmp_path):
+    model_dir = str(tmp_path / "m")
+    cmd = _train_cmd(records_dir, model_dir, "--epochs=4")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert _wait_for_checkpoint(model_dir, proc), proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_history(model_dir)) if os.path.exists(os.path.join(model_dir, "history.csv")) else 0
+    assert done < 4
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [line for line in again.stdout.splitlines() if line.startswith("Resumed from epoch")]
+    assert resumed and 1 <= int(resumed[0].split()[3].rstrip(",")) < 4, again.stdout
+    assert [int(r["epoch"]) for r in _history(model_dir)] == [1, 2, 3, 4]
+    assert f"Epoch {int(resumed[0].split()[3].rstrip(',')) + 1}/4" in again.stdout
+    fresh = subprocess.run(cmd[:-1] + ["--epochs=1", "--fresh"], cwd=ROOT, capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert fresh.returncode == 0 and "Resumed" not in fresh.stdout
+    assert [int(r["epoch"]) for r in _history(model_dir)] == [1]
+
+
+def test_sigterm_saves_and_exits_cleanly(records_dir, tmp_path):
+    model_dir = str(tmp_path / "m")
+    cmd = _train_cmd(records_dir, model_dir, "--epochs=50")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert _wait_for_checkpoint(model_dir, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "checkpoint saved; rerun the same command to resume" in err
+
+
+def test_fine_tune_phase(records_dir, tmp_path):
+    model_dir = str(tmp_path / "ft")
+    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={model_dir}", "--epochs=1",
+                   "--fine_tune_from=block5_conv1", "--fine_tune_epochs=1", "--steps_per_epoch=3",
+                   "--batch_size=8", "--weights=none", "--head_units=8", "--noexport")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["phase"] for r in _history(model_dir)] == ["head", "fine_tune"]
+    assert [float(r["lr"]) for r in _history(model_dir)] == [1e-4, 1e-5]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--batch_size=0"], ["--batch_size=0"]),
+    (["--lr=0"], ["--lr=0"]),
+    (["--lr=-1"], ["--lr=-1"]),
+    (["--precision=fp8"], ["--precision=fp8"]),
+    (["--strategy=tpu_pod"], ["--strategy=tpu_pod"]),
+    (["--fine_tune_epochs=2"], ["--fine_tune_from"]),
+    (["--weights=/no/such/weights.h5"], ["/no/such/weights.h5"]),
+])
+def test_bad_flags(records_dir, tmp_path, args, needles):
+    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}", *args)
+    assert_one_line_error(proc, *needles)
+
+
+def test_bad_data_folders(records_dir, tmp_path):
+    import shutil
+
+    proc = run_cli("-m", "trainer.main", f"--data_dir={tmp_path / 'nope'}", "--weights=none")
+    assert_one_line_error(proc, str(tmp_path / "nope"), "does not exist")
+    copy = tmp_path / "copy"
+    shutil.copytree(records_dir, copy)
+    os.remove(copy / "_SUCCESS")
+    proc = run_cli("-m", "trainer.main", f"--data_dir={copy}", "--weights=none")
+    assert_one_line_error(proc, "_SUCCESS")
+    (copy / "_SUCCESS").write_text("")
+    shard = copy / "celeba-validation.tfrecord-00000-of-00002"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    proc = run_cli("-m", "trainer.main", f"--data_dir={copy}", "--weights=none")
+    assert_one_line_error(proc, "celeba-validation.tfrecord-00000-of-00002")
+
+
+def test_predict_and_evaluate_bad_input(trained_run, tmp_path):
+    model_dir, _ = trained_run
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image")
+    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(garbage)),
+                          "garbage.jpg", "cannot decode")
+    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(tmp_path / "x.jpg")),
+                          "x.jpg", "no such file")
+    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={tmp_path}", str(garbage)),
+                          "model.keras")
+    assert_one_line_error(run_cli("-m", "trainer.evaluate", f"--model_dir={tmp_path}"), "--data_dir")
