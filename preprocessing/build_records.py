@@ -16,8 +16,8 @@ from absl import flags
 
 from preprocessing import splits
 from preprocessing.manifest import summary
-from preprocessing.cli import UserError, run_main
-from preprocessing.pipeline import Config, run
+from preprocessing.cli import run_main
+from preprocessing.pipeline import Config, check_beam_args, run
 from preprocessing.transform import RESIZE_MODES
 
 DEFAULT_OUTPUT_DIR = os.path.join("tfrecords", "celeba")
@@ -39,22 +39,9 @@ flags.DEFINE_string("name", "celeba", "Dataset name, the prefix of shard files."
 flags.DEFINE_bool("overwrite", False, "Replace an existing output folder completely.")
 
 
-def _check_beam_args(args: Sequence[str]) -> None:
-    """Unknown flags go to Beam; ones Beam does not know either are typos, reported here (Beam would drop them)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(list(args))
-    unknown = [a for a in unknown if a.startswith("-")]
-    if unknown:
-        raise UserError(f"unknown flag {unknown[0]} (neither this job's nor Beam's); see --helpshort")
-
-
 def main(argv: Sequence[str]) -> int:
     beam_args = list(argv[1:])
-    _check_beam_args(beam_args)
+    check_beam_args(beam_args)
     config = Config(
         celeba_dir=FLAGS.celeba_dir, output_dir=FLAGS.output_dir, split_sizes=FLAGS.split_sizes, seed=FLAGS.seed,
         balance=FLAGS.balance, image_size=FLAGS.image_size, resize_mode=FLAGS.resize_mode,

@@ -27,7 +27,8 @@ def isdir(path: str) -> bool:
     if is_remote(path):
         from apache_beam.io.filesystems import FileSystems
 
-        return FileSystems.exists(path.rstrip("/") + "/") or bool(listdir(path))
+        prefix = path.rstrip("/") + "/"
+        return bool(FileSystems.match([prefix + "*"], limits=[1])[0].metadata_list)  # one object is enough
     return os.path.isdir(path)
 
 

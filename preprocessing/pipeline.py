@@ -274,6 +274,19 @@ def _beam_options(beam_args: Sequence[str], num_candidates: int) -> Tuple[Pipeli
     return options, FnApiRunner()
 
 
+def check_beam_args(args: Sequence[str]) -> None:
+    """Unknown flags go to Beam; ones Beam does not know either are typos, reported here (Beam would drop them)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(list(args))
+    unknown = [a for a in unknown if a.startswith("-")]
+    if unknown:
+        raise UserError(f"unknown flag {unknown[0]} (neither this job's nor Beam's); see --helpshort")
+
+
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     if fileio.exists(output_dir) and fileio.listdir(output_dir):
         if not overwrite:

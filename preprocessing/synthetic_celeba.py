@@ -28,11 +28,15 @@ PARTITION_SHARES = (0.814, 0.099)  # CelebA's train / validation shares; the res
 LAYOUTS = ("txt", "kaggle", "zip")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", os.path.join("data", "synthetic_celeba"), "Where to write the download.")
-flags.DEFINE_integer("num_images", 2000, "Number of images.", lower_bound=3)
-flags.DEFINE_integer("seed", 0, "Generator seed.")
-flags.DEFINE_enum("layout", "txt", list(LAYOUTS), "txt: the original layout; zip: images in img_align_celeba.zip; "
-                  "kaggle: Kaggle's CSV layout.")
+
+
+def _define_flags() -> None:
+    """Flags of the command line only, so that tests and other modules can import generate() freely."""
+    flags.DEFINE_string("output_dir", os.path.join("data", "synthetic_celeba"), "Where to write the download.")
+    flags.DEFINE_integer("num_images", 2000, "Number of images.", lower_bound=3)
+    flags.DEFINE_integer("seed", 0, "Generator seed.")
+    flags.DEFINE_enum("layout", "txt", list(LAYOUTS), "txt: the original layout; zip: images in "
+                      "img_align_celeba.zip; kaggle: Kaggle's CSV layout.")
 
 _SKIN = [(255, 224, 189), (234, 192, 134), (198, 134, 66), (141, 85, 36), (241, 194, 125), (224, 172, 105)]
 _HAIR = {"Black_Hair": (30, 25, 20), "Blond_Hair": (225, 200, 120), "Brown_Hair": (110, 70, 40),
@@ -194,6 +198,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
+    _define_flags()
     run_main(main)
 
 

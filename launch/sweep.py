@@ -1,0 +1,224 @@
+"""A learning-rate x batch-size grid of trainer runs, and the seed notebook's two tables, in one command.
+
+Usage:
+  python -m launch.sweep --batch_sizes=8,16,32,64 --lrs=1e-2,1e-3,1e-4 --epochs=10 --output_dir=runs/sweep \
+      -- --data_dir=tfrecords/celeba
+  python -m launch.sweep ... --vertex --project=P --image_uri=IMG --accelerator_type=NVIDIA_L4 \
+      --accelerator_count=1 --output_dir=gs://B/sweep -- --data_dir=gs://B/tfrecords/celeba
+
+Each cell trains in its own model_dir under output_dir (lr<LR>_bs<BS>); finished cells (metrics.json present) are
+not rerun, and an interrupted cell resumes from its checkpoints. Locally the cells run one after another; with
+--vertex each cell is a Vertex AI job and rerunning the command later collects the finished ones. Writes
+summary.md, summary.csv and val_accuracy_heatmap.png, and names the best cell with the command reproducing it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shlex
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from absl import flags
+
+from launch import vertex as vertex_lib  # its flags (--project, --image_uri, ...) serve --vertex
+from preprocessing import fileio
+from preprocessing.cli import UserError, run_main
+from trainer.metrics import read_history
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("batch_sizes", ["8", "16", "32", "64"], "Global batch sizes of the grid.")
+flags.DEFINE_list("lrs", ["1e-2", "1e-3", "1e-4"], "Learning rates of the grid.")
+flags.DEFINE_integer("epochs", 10, "Epochs per cell.", lower_bound=1)
+flags.DEFINE_string("output_dir", "runs/sweep", "One model_dir per cell under it, and the summary.")
+flags.DEFINE_integer("converged_epochs", 3, "'Converged' = mean over this many last epochs.", lower_bound=1)
+flags.DEFINE_bool("vertex", False, "Run each cell as a Vertex AI job (uses launch.vertex's flags).")
+
+COLUMNS = ("lr", "batch_size", "status", "epochs", "val_accuracy_lowest", "val_accuracy_highest",
+           "val_accuracy_converged", "val_loss_at_lowest", "val_loss_at_highest", "val_loss_converged", "model_dir")
+
+
+def parse_grid(lrs: Sequence[str], batch_sizes: Sequence[str]):
+    try:
+        lr_values = [float(x) for x in lrs if x.strip()]
+        bs_values = [int(x) for x in batch_sizes if x.strip()]
+    except ValueError:
+        raise UserError(f"--lrs={','.join(lrs)} --batch_sizes={','.join(batch_sizes)}: expected numbers") from None
+    if not lr_values or not bs_values:
+        raise UserError("the grid is empty: give at least one --lrs value and one --batch_sizes value")
+    if any(v <= 0 or not math.isfinite(v) for v in lr_values):
+        raise UserError(f"--lrs={','.join(lrs)}: learning rates must be > 0")
+    if any(v <= 0 for v in bs_values):
+        raise UserError(f"--batch_sizes={','.join(batch_sizes)}: batch sizes must be > 0")
+    return lr_values, bs_values
+
+
+def cell_name(lr: float, batch_size: int) -> str:
+    return f"lr{lr:g}_bs{batch_size}"
+
+
+def cell_args(lr: float, batch_size: int, epochs: int, model_dir: str, trainer_args: Sequence[str]) -> List[str]:
+    return [*trainer_args, f"--model_dir={model_dir}", f"--batch_size={batch_size}", f"--lr={lr:g}",
+            f"--epochs={epochs}"]
+
+
+def summarize_history(history: List[dict], converged_epochs: int) -> Dict[str, float]:
+    """Lowest / highest / converged val accuracy and the val loss at those points."""
+    acc = [float(r["val_accuracy"]) for r in history]
+    loss = [float(r["val_loss"]) for r in history]
+    low, high = acc.index(min(acc)), acc.index(max(acc))
+    tail = slice(-min(converged_epochs, len(acc)), None)
+    return {"val_accuracy_lowest": acc[low], "val_accuracy_highest": acc[high],
+            "val_accuracy_converged": sum(acc[tail]) / len(acc[tail]),
+            "val_loss_at_lowest": loss[low], "val_loss_at_highest": loss[high],
+            "val_loss_converged": sum(loss[tail]) / len(loss[tail]), "epochs": len(acc)}
+
+
+def _run_local(args: Sequence[str], log_path: str) -> tuple:
+    proc = subprocess.run([sys.executable, "-m", "trainer.main", *args], capture_output=True, text=True)
+    fileio.write_bytes(log_path, (proc.stdout + proc.stderr).encode())
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    reason = errors[-1] if errors else (proc.stderr.strip().splitlines() or [""])[-1]
+    return proc.returncode, reason
+
+
+def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, output_dir: str,
+              trainer_args: Sequence[str], converged_epochs: int = 3, vertex: bool = False) -> List[dict]:
+    """Runs (or submits) every unfinished cell, then tabulates all of them. Returns the rows."""
+    rows = []
+    jobs_path = fileio.join(output_dir, "vertex_jobs.json")
+    jobs = json.loads(fileio.read_bytes(jobs_path)) if vertex and fileio.exists(jobs_path) else {}
+    for lr in lrs:
+        for bs in batch_sizes:
+            name = cell_name(lr, bs)
+            model_dir = fileio.join(output_dir, name)
+            row = {"lr": lr, "batch_size": bs, "model_dir": model_dir, "status": "finished"}
+            finished = fileio.exists(fileio.join(model_dir, "metrics.json"))
+            args = cell_args(lr, bs, epochs, model_dir, trainer_args)
+            if not finished and vertex:
+                if name not in jobs:
+                    submitted = vertex_lib.launch(args, display_name=f"sweep-{name}".replace(".", "-"))
+                    if not submitted:  # --dry_run: printed, not sent
+                        row["status"] = "dry run"
+                        rows.append(row)
+                        continue
+                    jobs[name] = submitted
+                    fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
+                row["status"] = f"submitted {jobs[name]}"
+            elif not finished:
+                print(f"[sweep] {name}: training ({epochs} epochs)", flush=True)
+                code, reason = _run_local(args, fileio.join(output_dir, f"{name}.log"))
+                if code != 0:
+                    row["status"] = f"failed ({reason or f'exit {code}'})"
+                    print(f"[sweep] {name}: FAILED: {reason}", flush=True)
+            else:
+                print(f"[sweep] {name}: already finished, not rerun", flush=True)
+            history = read_history(fileio.join(model_dir, "history.csv"))
+            if history and row["status"] == "finished":
+                row.update(summarize_history(history, converged_epochs))
+            rows.append(row)
+    write_summary(rows, output_dir, trainer_args, epochs)
+    return rows
+
+
+def best_cell(rows: List[dict]) -> Optional[dict]:
+    done = [r for r in rows if "val_accuracy_converged" in r]
+    if not done:
+        return None
+    return sorted(done, key=lambda r: (-r["val_accuracy_converged"], r["val_loss_converged"]))[0]
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_summary(rows: List[dict], output_dir: str, trainer_args: Sequence[str], epochs: int) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:g}" if k == "lr" else round(v, 6) if isinstance(v, float) else v)
+                         for k, v in r.items()})
+    fileio.write_bytes(fileio.join(output_dir, "summary.csv"), out.getvalue().encode())
+    lines = ["# Sweep summary", "", "## Validation accuracy", "",
+             "| lr | batch size | lowest | highest | converged | status |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['lr']:g} | {r['batch_size']} | {_fmt(r.get('val_accuracy_lowest', '-'))} | "
+                     f"{_fmt(r.get('val_accuracy_highest', '-'))} | {_fmt(r.get('val_accuracy_converged', '-'))} | "
+                     f"{r['status']} |")
+    lines += ["", "## Validation loss (at the lowest / highest accuracy epoch, converged)", "",
+              "| lr | batch size | at lowest accuracy | at highest accuracy | converged |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['lr']:g} | {r['batch_size']} | {_fmt(r.get('val_loss_at_lowest', '-'))} | "
+                     f"{_fmt(r.get('val_loss_at_highest', '-'))} | {_fmt(r.get('val_loss_converged', '-'))} |")
+    best = best_cell(rows)
+    if best:
+        command = shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "trainer.main",
+                              *cell_args(best["lr"], best["batch_size"], epochs, best["model_dir"], trainer_args)])
+        lines += ["", f"**Best cell:** lr={best['lr']:g}, batch size={best['batch_size']} (converged val accuracy "
+                      f"{best['val_accuracy_converged']:.4f}, val loss {best['val_loss_converged']:.4f}).", "",
+                  "Reproduce it with:", "", f"    {command}"]
+        print(f"[sweep] best cell: lr={best['lr']:g} batch_size={best['batch_size']} "
+              f"(converged val accuracy {best['val_accuracy_converged']:.4f}); reproduce with:\n  {command}")
+    fileio.write_bytes(fileio.join(output_dir, "summary.md"), ("\n".join(lines) + "\n").encode())
+    plot_heatmap(rows, fileio.join(output_dir, "val_accuracy_heatmap.png"))
+
+
+def plot_heatmap(rows: List[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lrs = sorted({r["lr"] for r in rows}, reverse=True)
+    sizes = sorted({r["batch_size"] for r in rows})
+    grid = np.full((len(lrs), len(sizes)), np.nan)
+    for r in rows:
+        if "val_accuracy_converged" in r:
+            grid[lrs.index(r["lr"]), sizes.index(r["batch_size"])] = r["val_accuracy_converged"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(sizes) + 2, 1.0 * len(lrs) + 1.5))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis")
+    for i in range(len(lrs)):
+        for j in range(len(sizes)):
+            ax.text(j, i, "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}", ha="center", va="center",
+                    color="white" if np.isnan(grid[i, j]) or grid[i, j] < np.nanmean(grid) else "black")
+    ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
+    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("learning rate")
+    ax.set_title("converged validation accuracy")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    fileio.write_bytes(path, buffer.getvalue())
+
+
+def main(argv: Sequence[str]) -> int:
+    args = list(argv[1:])
+    args = args[1:] if args and args[0] == "--" else args
+    for reserved in ("model_dir", "batch_size", "lr", "epochs"):
+        if any(a.startswith(f"--{reserved}=") for a in args):
+            raise UserError(f"--{reserved} is set per cell by the sweep; remove it from the trainer flags")
+    lrs, batch_sizes = parse_grid(FLAGS.lrs, FLAGS.batch_sizes)
+    if FLAGS.vertex and not FLAGS.dry_run:
+        if not FLAGS.output_dir.startswith("gs://"):
+            raise UserError(f"--output_dir={FLAGS.output_dir}: Vertex AI jobs need a gs:// output folder")
+    rows = run_sweep(lrs, batch_sizes, FLAGS.epochs, FLAGS.output_dir, args, FLAGS.converged_epochs, FLAGS.vertex)
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    print(f"[sweep] {len(rows) - len(failed)} of {len(rows)} cells ok; summary in "
+          f"{fileio.join(FLAGS.output_dir, 'summary.md')}")
+    return 1 if failed and len(failed) == len(rows) else 0
+
+
+def cli() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

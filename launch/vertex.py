@@ -1,0 +1,150 @@
+"""Submits the trainer to Vertex AI as a CustomJob (one machine with N GPUs, or several: MultiWorkerMirrored).
+
+Usage:
+  python -m launch.vertex --project=P --region=us-central1 --image_uri=REGION-docker.pkg.dev/P/repo/trainer \
+      --machine_type=a3-highgpu-8g --accelerator_type=NVIDIA_H100_80GB --accelerator_count=8 --replica_count=2 \
+      --base_output_dir=gs://B/runs/r1 [--dry_run] -- --data_dir=gs://B/tfrecords/celeba --batch_size=512
+
+--dry_run prints the CustomJob as JSON on stdout and the equivalent gcloud command on stderr; nothing is sent.
+Pool 0 is the chief (1 replica); pool 1 holds the other replica_count - 1 workers. Vertex AI hands each replica
+CLUSTER_SPEC and AIP_MODEL_DIR, which trainer.main turns into TF_CONFIG and its --model_dir.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import sys
+from typing import List, Optional, Sequence
+
+from absl import flags
+
+from preprocessing.cli import UserError, run_main
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("project", None, "Google Cloud project.")
+flags.DEFINE_string("region", "us-central1", "Vertex AI region.")
+flags.DEFINE_string("image_uri", None, "Trainer container image (built from launch/Dockerfile).")
+flags.DEFINE_string("machine_type", "n1-standard-8", "Machine type of every replica.")
+flags.DEFINE_string("accelerator_type", None, "e.g. NVIDIA_TESLA_T4, NVIDIA_L4, NVIDIA_A100_80GB, NVIDIA_H100_80GB.")
+flags.DEFINE_integer("accelerator_count", 0, "GPUs per replica.")
+flags.DEFINE_integer("replica_count", 1, "Machines: 1 chief + (replica_count - 1) workers.")
+flags.DEFINE_string("display_name", None, "Job name (default celeba-vgg16-<time>).")
+flags.DEFINE_string("base_output_dir", None, "gs:// folder; Vertex AI sets AIP_MODEL_DIR etc. under it.")
+flags.DEFINE_string("service_account", None, "Service account the job runs as.")
+flags.DEFINE_bool("dry_run", False, "Print the job instead of submitting it.")
+
+
+def job_spec(display_name: str, image_uri: str, machine_type: str, accelerator_type: Optional[str],
+             accelerator_count: int, replica_count: int, args: Sequence[str],
+             base_output_dir: Optional[str] = None, service_account: Optional[str] = None) -> dict:
+    """The CustomJob resource (REST field names) for the trainer."""
+    if replica_count < 1:
+        raise UserError(f"--replica_count={replica_count}: must be >= 1 (1 chief + replica_count - 1 workers)")
+    if accelerator_count < 0:
+        raise UserError(f"--accelerator_count={accelerator_count}: must be >= 0")
+    if accelerator_count and not accelerator_type:
+        raise UserError(f"--accelerator_count={accelerator_count} needs --accelerator_type (e.g. NVIDIA_L4)")
+    if accelerator_type and not accelerator_count:
+        raise UserError(f"--accelerator_type={accelerator_type} needs --accelerator_count >= 1")
+    if not image_uri:
+        raise UserError("--image_uri is required: the trainer image built from launch/Dockerfile")
+    if base_output_dir and not base_output_dir.startswith("gs://"):
+        raise UserError(f"--base_output_dir={base_output_dir}: must be a gs:// path")
+    machine = {"machineType": machine_type}
+    if accelerator_type:
+        machine.update({"acceleratorType": accelerator_type, "acceleratorCount": accelerator_count})
+    pool = {"machineSpec": machine, "containerSpec": {"imageUri": image_uri, "args": list(args)}}
+    pools = [{**pool, "replicaCount": 1}]
+    if replica_count > 1:
+        pools.append({**json.loads(json.dumps(pool)), "replicaCount": replica_count - 1})
+    spec = {"workerPoolSpecs": pools}
+    if base_output_dir:
+        spec["baseOutputDirectory"] = {"outputUriPrefix": base_output_dir}
+    if service_account:
+        spec["serviceAccount"] = service_account
+    return {"displayName": display_name, "jobSpec": spec}
+
+
+def gcloud_command(job: dict, project: str, region: str, spec_file: str = "job_spec.json") -> str:
+    return (f"# save .jobSpec of the JSON above as {spec_file}, then:\n"
+            f"gcloud ai custom-jobs create --project={shlex.quote(project)} --region={shlex.quote(region)} "
+            f"--display-name={shlex.quote(job['displayName'])} --config={spec_file}")
+
+
+def _snake(obj):
+    """REST camelCase keys -> the Python SDK's snake_case keys."""
+    import re
+
+    if isinstance(obj, dict):
+        return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): _snake(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_snake(v) for v in obj]
+    return obj
+
+
+def submit(job: dict, project: str, region: str) -> str:
+    """Submits through google-cloud-aiplatform; returns the job's resource name."""
+    try:
+        from google.cloud import aiplatform
+    except ImportError:
+        raise UserError("google-cloud-aiplatform is not installed: pip install -e '.[cloud]'") from None
+    try:
+        import google.auth
+
+        google.auth.default()
+    except Exception as e:  # DefaultCredentialsError and friends
+        raise UserError(f"no Google Cloud credentials ({type(e).__name__}): run 'gcloud auth application-default "
+                        f"login' or set GOOGLE_APPLICATION_CREDENTIALS") from None
+    spec = job["jobSpec"]
+    base = spec.get("baseOutputDirectory", {}).get("outputUriPrefix")
+    try:
+        aiplatform.init(project=project, location=region, staging_bucket=base)
+        custom = aiplatform.CustomJob(display_name=job["displayName"],
+                                      worker_pool_specs=_snake(spec["workerPoolSpecs"]), base_output_dir=base)
+        custom.submit(service_account=spec.get("serviceAccount"))
+    except Exception as e:
+        raise UserError(f"Vertex AI refused the job: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
+            from None
+    return custom.resource_name
+
+
+def trainer_args(argv: Sequence[str]) -> List[str]:
+    args = list(argv[1:])
+    return args[1:] if args and args[0] == "--" else args
+
+
+def job_from_flags(args: Sequence[str], display_name: Optional[str] = None) -> dict:
+    if not FLAGS.project:
+        raise UserError("--project is required")
+    name = display_name or FLAGS.display_name or \
+        f"celeba-vgg16-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    return job_spec(name, FLAGS.image_uri, FLAGS.machine_type, FLAGS.accelerator_type, FLAGS.accelerator_count,
+                    FLAGS.replica_count, args, FLAGS.base_output_dir, FLAGS.service_account)
+
+
+def launch(args: Sequence[str], display_name: Optional[str] = None) -> str:
+    """Dry run: prints the job and returns ''; else submits it and returns its resource name."""
+    job = job_from_flags(args, display_name)
+    if not any(a.startswith("--data_dir=gs://") for a in args):
+        sys.stderr.write("note: no --data_dir=gs://... in the trainer flags; the job cannot see local folders\n")
+    if FLAGS.dry_run:
+        print(json.dumps(job, indent=2))
+        sys.stderr.write(gcloud_command(job, FLAGS.project, FLAGS.region) + "\n")
+        return ""
+    return submit(job, FLAGS.project, FLAGS.region)
+
+
+def main(argv: Sequence[str]) -> int:
+    name = launch(trainer_args(argv))
+    if name:
+        print(f"submitted {name}")
+    return 0
+
+
+def cli() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

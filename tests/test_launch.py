@@ -1,0 +1,121 @@
+"""launch/: Vertex AI and Dataflow specs (offline, from the dry runs), and the sweep."""
+import csv
+import json
+import os
+
+from PIL import Image
+
+from conftest import assert_one_line_error, run_cli
+
+VERTEX = ["-m", "launch.vertex", "--project=proj", "--region=europe-west4", "--image_uri=img:1",
+          "--machine_type=a3-highgpu-8g", "--accelerator_type=NVIDIA_H100_80GB", "--accelerator_count=8"]
+
+
+def test_vertex_dry_run_two_machines():
+    proc = run_cli(*VERTEX, "--replica_count=2", "--base_output_dir=gs://b/run", "--display_name=job1", "--dry_run",
+                   "--", "--data_dir=gs://b/records", "--batch_size=512")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)
+    assert job["displayName"] == "job1"
+    pools = job["jobSpec"]["workerPoolSpecs"]
+    assert [p["replicaCount"] for p in pools] == [1, 1]
+    for pool in pools:
+        assert pool["machineSpec"] == {"machineType": "a3-highgpu-8g", "acceleratorType": "NVIDIA_H100_80GB",
+                                       "acceleratorCount": 8}
+        assert pool["containerSpec"] == {"imageUri": "img:1", "args": ["--data_dir=gs://b/records",
+                                                                       "--batch_size=512"]}
+    assert job["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://b/run"}
+    assert "gcloud ai custom-jobs create --project=proj --region=europe-west4 --display-name=job1" in proc.stderr
+
+
+def test_vertex_dry_run_one_machine_three_workers():
+    one = json.loads(run_cli(*VERTEX, "--dry_run", "--", "--data_dir=gs://b/r").stdout)
+    assert len(one["jobSpec"]["workerPoolSpecs"]) == 1 and "baseOutputDirectory" not in one["jobSpec"]
+    four = json.loads(run_cli(*VERTEX, "--replica_count=4", "--dry_run", "--", "--data_dir=gs://b/r").stdout)
+    assert [p["replicaCount"] for p in four["jobSpec"]["workerPoolSpecs"]] == [1, 3]
+
+
+def test_vertex_bad_input():
+    assert_one_line_error(run_cli(*VERTEX, "--replica_count=0", "--dry_run"), "--replica_count=0")
+    assert_one_line_error(run_cli("-m", "launch.vertex", "--project=p", "--image_uri=i", "--accelerator_count=2",
+                                  "--dry_run"), "--accelerator_count=2", "--accelerator_type")
+    assert_one_line_error(run_cli("-m", "launch.vertex", "--image_uri=i", "--dry_run"), "--project")
+    proc = run_cli(*VERTEX, "--", "--data_dir=gs://b/r")  # a real submission, offline, without the cloud extra
+    line = assert_one_line_error(proc)
+    assert "google-cloud-aiplatform" in line or "credentials" in line
+
+
+def test_dataflow_dry_run_composes_build_records():
+    proc = run_cli("-m", "launch.dataflow", "--project=proj", "--region=us-east1", "--temp_location=gs://b/tmp",
+                   "--machine_type=n2-standard-4", "--max_num_workers=16", "--dry_run", "--",
+                   "--celeba_dir=gs://b/celeba", "--output_dir=gs://b/out", "--split_sizes=all")
+    assert proc.returncode == 0, proc.stderr
+    command = proc.stdout.split()
+    assert command[1:3] == ["-m", "preprocessing.build_records"]
+    for expected in ("--celeba_dir=gs://b/celeba", "--output_dir=gs://b/out", "--split_sizes=all",
+                     "--runner=DataflowRunner", "--project=proj", "--region=us-east1", "--temp_location=gs://b/tmp",
+                     "--machine_type=n2-standard-4", "--max_num_workers=16"):
+        assert expected in command
+    setup = [a for a in command if a.startswith("--setup_file=")][0].split("=", 1)[1]
+    assert os.path.isabs(setup) and os.path.exists(setup) and setup.endswith("setup.py")
+    # every Beam option it adds is one build_records hands to Beam rather than rejecting
+    from preprocessing.pipeline import check_beam_args
+
+    check_beam_args([a for a in command if a.startswith(("--runner", "--project", "--region", "--temp_location",
+                                                           "--setup_file", "--machine_type", "--max_num_workers"))])
+
+
+def test_dataflow_bad_input():
+    base = ["-m", "launch.dataflow", "--project=p", "--temp_location=gs://b/tmp", "--dry_run", "--"]
+    assert_one_line_error(run_cli(*base, "--celeba_dir=gs://b/c", "--output_dir=tfrecords/x"), "--output_dir")
+    assert_one_line_error(run_cli(*base, "--celeba_dir=data/celeba", "--output_dir=gs://b/o"), "--celeba_dir")
+    assert_one_line_error(run_cli("-m", "launch.dataflow", "--project=p", "--temp_location=/tmp", "--dry_run"),
+                          "--temp_location")
+
+
+def test_sweep_grid_tables_resume_and_failing_cell(records_dir, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["-m", "launch.sweep", "--lrs=1e-3,3e-3", "--batch_sizes=8,100000", "--epochs=2",
+            f"--output_dir={out}", "--converged_epochs=2", "--", f"--data_dir={records_dir}", "--weights=none",
+            "--head_units=8", "--steps_per_epoch=2", "--noexport"]
+    proc = run_cli(*args, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [(r["lr"], r["batch_size"]) for r in rows] == [("0.001", "8"), ("0.001", "100000"), ("0.003", "8"),
+                                                          ("0.003", "100000")]
+    for row in rows:
+        if row["batch_size"] == "8":
+            assert row["status"] == "finished" and row["epochs"] == "2"
+            assert float(row["val_accuracy_lowest"]) <= float(row["val_accuracy_converged"]) <= \
+                float(row["val_accuracy_highest"])
+            assert row["val_loss_at_lowest"] and row["val_loss_converged"]
+        else:
+            assert row["status"].startswith("failed") and "--batch_size=100000" in row["status"]
+    summary = (out / "summary.md").read_text()
+    assert "## Validation accuracy" in summary and "## Validation loss" in summary
+    assert "**Best cell:**" in summary and "--batch_size=8" in summary
+    assert Image.open(out / "val_accuracy_heatmap.png").size[0] > 100
+    again = run_cli(*args, timeout=600)
+    assert again.stdout.count("already finished, not rerun") == 2
+
+
+def test_sweep_bad_input(tmp_path):
+    assert_one_line_error(run_cli("-m", "launch.sweep", "--lrs=", f"--output_dir={tmp_path}"), "grid is empty")
+    assert_one_line_error(run_cli("-m", "launch.sweep", "--lrs=-1", f"--output_dir={tmp_path}"), "--lrs=-1")
+    assert_one_line_error(run_cli("-m", "launch.sweep", f"--output_dir={tmp_path}", "--", "--lr=1"), "--lr")
+
+
+def test_sweep_on_vertex_dry_run(tmp_path):
+    proc = run_cli("-m", "launch.sweep", "--vertex", "--dry_run", "--project=p", "--image_uri=img",
+                   "--lrs=1e-3", "--batch_sizes=32,64", "--epochs=3", f"--output_dir={tmp_path}", "--",
+                   "--data_dir=gs://b/records")
+    assert proc.returncode == 0, proc.stderr
+    decoder, text, jobs = json.JSONDecoder(), proc.stdout, []
+    while "{" in text:
+        job, end = decoder.raw_decode(text[text.index("{"):])
+        jobs.append(job)
+        text = text[text.index("{") + end:]
+    assert [j["displayName"] for j in jobs] == ["sweep-lr0-001_bs32", "sweep-lr0-001_bs64"]
+    args = jobs[1]["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"]
+    assert args == ["--data_dir=gs://b/records", f"--model_dir={tmp_path}/lr0.001_bs64", "--batch_size=64",
+                    "--lr=0.001", "--epochs=3"]
