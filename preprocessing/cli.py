@@ -52,6 +52,8 @@ def quiet_logs() -> None:
     logging.getLogger().setLevel(logging.INFO)
     for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "matplotlib", "PIL", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # re-logs what Beam's local worker processes say at start-up (no staging folder: expected locally)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
 
 
 _TF_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ")

@@ -262,8 +262,10 @@ def _beam_options(beam_args: Sequence[str], num_candidates: int) -> Tuple[Pipeli
     runner = options.view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "direct"):
         return options, None
-    from apache_beam.options.pipeline_options import DirectOptions
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     direct = options.view_as(DirectOptions)
     if not any(a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in beam_args):
@@ -271,7 +273,15 @@ def _beam_options(beam_args: Sequence[str], num_candidates: int) -> Tuple[Pipeli
         if num_candidates >= 4 * CHUNK_SIZE and (os.cpu_count() or 1) > 1:
             direct.direct_running_mode = "multi_processing"
             direct.direct_num_workers = os.cpu_count()
-    return options, FnApiRunner()
+    if direct.direct_running_mode == "multi_processing":  # worker processes: our progress, not Beam's chatter
+        worker = options.view_as(WorkerOptions)
+        worker.default_sdk_harness_log_level = worker.default_sdk_harness_log_level or "WARNING"
+        worker.sdk_harness_log_level_overrides = {"preprocessing": "INFO",
+                                                  **(worker.sdk_harness_log_level_overrides or {})}
+    # As DirectRunner does it, minus its Prism attempt: the options reach the worker processes too.
+    provision = beam_provision_api_pb2.ProvisionInfo(
+        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True)))
+    return options, fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
 
 
 def check_beam_args(args: Sequence[str]) -> None:

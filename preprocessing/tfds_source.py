@@ -16,12 +16,31 @@ DATASET = "celeb_a"
 STAGING = ".source"
 
 
+DOWNLOAD_HOST = "drive.google.com"  # where TFDS's celeb_a builder downloads from
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_builder(data_dir: Optional[str]):
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(DATASET, data_dir=data_dir)
+        if not builder.is_prepared() and not _reachable(DOWNLOAD_HOST):
+            raise UserError(f"TFDS has no prepared {DATASET} in {builder.data_dir} and cannot download it: "
+                            f"{DOWNLOAD_HOST} is unreachable (offline?); use a CelebA folder with --celeba_dir, "
+                            f"or --tfds_data_dir pointing at a prepared copy")
         builder.download_and_prepare()
+    except UserError:
+        raise
     except Exception as e:  # network, auth or disk failures come as many exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"TFDS could not prepare {DATASET} ({type(e).__name__}: {first[:200]}); it needs network "

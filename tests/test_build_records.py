@@ -210,3 +210,12 @@ def test_cli_bad_input_is_one_line(args, needles, tmp_path):
     proc = run_cli("-m", "preprocessing.build_records", f"--output_dir={tmp_path / 'out'}", *args)
     assert_one_line_error(proc, *needles)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_tfds_source_offline_fails_fast_with_one_line(tmp_path, monkeypatch):
+    from preprocessing import tfds_source
+
+    monkeypatch.setattr(tfds_source, "_reachable", lambda host, **kw: False)
+    with pytest.raises(UserError, match=r"no prepared celeb_a .* drive.google.com is unreachable"):
+        build("", str(tmp_path / "out"), source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
+    assert not os.path.exists(tmp_path / "out")
