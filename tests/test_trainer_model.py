@@ -65,3 +65,13 @@ def test_fine_tune_unfreezes_from_layer():
     assert len(net.trainable_weights) == frozen + 6
     with pytest.raises(Exception, match="not a VGG16 layer"):
         model_lib.unfreeze_from(net, "block9_conv1")
+
+
+def test_weights_from_a_local_file(tmp_path):
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = str(tmp_path / "vgg16_notop.weights.h5")
+    source.save_weights(path)
+    net = model_lib.build_model(32, path, (8,), 0.0, "flatten")
+    for a, b in zip(source.weights, model_lib.backbone(net).weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not model_lib.backbone(net).trainable

@@ -42,12 +42,12 @@ def _backbone(image_size: int, weights: str) -> keras.Model:
         raise UserError(f"--weights={weights}: no such file; {WEIGHTS_HELP}")
     try:
         base = keras.applications.VGG16(include_top=False, input_shape=(image_size, image_size, 3),
-                                        weights=None if kind == "none" else "imagenet")
+                                        weights="imagenet" if kind == "imagenet" else None)
     except Exception as e:  # the download raises URLError/OSError/HTTPError/ValueError depending on the failure
         if kind != "imagenet":
             raise
-        raise UserError(f"could not download the VGG16 ImageNet weights ({type(e).__name__}); {WEIGHTS_HELP}") \
-            from None
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"could not download the VGG16 ImageNet weights ({reason}); {WEIGHTS_HELP}") from None
     if kind not in ("imagenet", "none"):
         try:
             base.load_weights(weights)

@@ -88,6 +88,8 @@ class TrainConfig:
              f"--strategy={self.strategy}: expected one of {', '.join(distribute.STRATEGIES)}"),
             (self.feature_cache in FEATURE_CACHE_MODES,
              f"--feature_cache={self.feature_cache}: expected one of {', '.join(FEATURE_CACHE_MODES)}"),
+            (self.weights.lower() in ("imagenet", "none") or fileio.exists(self.weights),
+             f"--weights={self.weights}: no such file; {model_lib.WEIGHTS_HELP}"),
             (self.pooling in model_lib.POOLINGS,
              f"--pooling={self.pooling}: expected one of {', '.join(model_lib.POOLINGS)}"),
         ]
