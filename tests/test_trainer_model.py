@@ -75,3 +75,27 @@ def test_weights_from_a_local_file(tmp_path):
     for a, b in zip(source.weights, model_lib.backbone(net).weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not model_lib.backbone(net).trainable
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(records_dir, tmp_path, monkeypatch, policy):
+    import trainer.train as train_lib
+
+    real, calls = train_lib._train_step_fn, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def run(iterator):
+            loss, correct = step(iterator)
+            calls["n"] += 1
+            return (tf.constant(float("nan")) if calls["n"] > 3 else loss), correct
+
+        return run
+
+    monkeypatch.setattr(train_lib, "_train_step_fn", poisoned)
+    trainer = _trainer(records_dir, tmp_path, steps_per_epoch=3, feature_cache="off")
+    trainer.config.epochs = 3
+    with pytest.raises(train_lib.NonFiniteLoss, match="loss became nan at epoch 2, step 1"):
+        trainer.train()
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-1")
+    assert int(trainer.epoch.numpy()) == 1
