@@ -26,13 +26,31 @@ def test_multi_worker_cluster_ends_with_equal_weights(learn_records, tmp_path):
     assert set(sums) == {"worker-0", "worker-1"} and len(set(sums.values())) == 1, sums
     assert os.path.exists(tmp_path / "mw" / "history.csv")  # only the chief writes the outputs
     assert os.path.exists(tmp_path / "mw" / "metrics.json")
+    worker1 = [line for line in out.splitlines() if line.startswith("[worker 1]")]
+    assert worker1 and not [line for line in worker1 if "val_accuracy" in line or "model, metrics and plots" in line]
+    assert os.listdir(tmp_path / "mw" / "checkpoints") and not list((tmp_path / "mw").glob("ckpt-worker*"))
 
 
-def test_local_cluster_stops_all_workers_when_one_fails(tmp_path):
-    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--grace_seconds=2", "--",
-                   f"--data_dir={tmp_path / 'missing'}", timeout=300)
-    assert_one_line_error(proc, "local cluster failed")
-    assert "[worker 0] error: data folder" in proc.stdout or "[worker 1] error: data folder" in proc.stdout
+def test_local_cluster_stops_all_workers_when_one_fails(records_dir, tmp_path):
+    import psutil
+
+    # worker 1 fails at once (its data folder is missing); worker 0 would wait for it forever
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, os, sys, time\n"
+        "index = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
+        "print('started', flush=True)\n"
+        "if index == 1:\n"
+        "    sys.stderr.write('error: data folder /nope does not exist\\n'); sys.exit(2)\n"
+        "time.sleep(600)\n")
+    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--grace_seconds=2",
+                   f"--module=worker", env={"PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert_one_line_error(proc, "local cluster failed", "status 2")
+    assert "[worker 1] error: data folder /nope does not exist" in proc.stdout
+    assert "[worker 0] started" in proc.stdout
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and
+                 p.info["cmdline"][-1:] == ["worker"] and "-m" in p.info["cmdline"]]
+    assert not leftovers
 
 
 def test_batch_must_divide_by_replicas(records_dir, tmp_path):

@@ -196,3 +196,15 @@ def test_predict_and_evaluate_bad_input(trained_run, tmp_path):
     assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={tmp_path}", str(garbage)),
                           "model.keras")
     assert_one_line_error(run_cli("-m", "trainer.evaluate", f"--model_dir={tmp_path}"), "--data_dir")
+
+
+def test_vertex_environment_sets_output_folders(records_dir, tmp_path):
+    env = {"AIP_MODEL_DIR": str(tmp_path / "aip_model"), "AIP_CHECKPOINT_DIR": str(tmp_path / "aip_ckpt"),
+           "AIP_TENSORBOARD_LOG_DIR": str(tmp_path / "aip_logs")}
+    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", "--epochs=1", "--steps_per_epoch=2",
+                   "--batch_size=8", "--weights=none", "--head_units=8", "--noexport", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.exists(tmp_path / "aip_model" / "history.csv")
+    assert os.path.exists(tmp_path / "aip_model" / "metrics.json")
+    assert os.path.exists(tmp_path / "aip_ckpt" / "checkpoint")
+    assert glob.glob(str(tmp_path / "aip_logs" / "events.out.tfevents.*"))

@@ -372,8 +372,8 @@ class Trainer:
         LOG.info("weights checksum (%s): %s", cluster.task_id(self.cluster), weights_checksum(self.model))
         if config.restore_best and self.best_manager.latest_checkpoint:
             tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
-            print(f"Restored the weights of epoch {int(self.best_epoch.numpy())} (lowest val_loss "
-                  f"{float(self.best_val_loss.numpy()):.4f})", flush=True)
+            LOG.info("Restored the weights of epoch %d (lowest val_loss %.4f)", int(self.best_epoch.numpy()),
+                     float(self.best_val_loss.numpy()))
         return {"history": history}
 
     def _validation_fn(self):
