@@ -46,6 +46,15 @@ class _DropNoise(logging.Filter):
 
 logging.getLogger().addFilter(_DropNoise())  # before any command imports Beam, whose import logs noise
 
+_LIBRARIES = ("apache_beam", "absl", "tensorflow", "keras", "h5py", "matplotlib", "PIL", "urllib3")
+
+
+class _LibraryInfo(logging.Filter):
+    """Drops the libraries' INFO/DEBUG records at the handler, whatever levels the libraries reset later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(_LIBRARIES)
+
 
 def quiet_logs() -> None:
     """INFO for this project's loggers, WARNING for the libraries', and none of their known noise."""
@@ -95,7 +104,9 @@ def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False,
     """
 
     def wrapped(argv: Sequence[str]):
-        logging.getLogger("absl").setLevel(logging.WARNING)  # libraries' absl.logging chatter (after flag parsing)
+        for handler in logging.getLogger().handlers:  # absl's handler exists once flags are parsed
+            handler.addFilter(_LibraryInfo())
+            handler.addFilter(_DropNoise())
         if tensorflow:
             import_tensorflow_quietly()
         try:

@@ -73,8 +73,8 @@ def main(argv: Sequence[str]) -> int:
     manifest = manifest_lib.read_manifest(data_dir)
     print(manifest_lib.summary(manifest, data_dir))
     problems = manifest_lib.verify_shards(data_dir, manifest, check_records=True)
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
+    for split in [s for s in schema.SPLITS if s in manifest["splits"]]:
+        for shard in manifest["splits"][split]["shards"]:
             status = problems.get(shard["file"], "ok")
             print(f"  {shard['file']}: {shard['num_records']} records, {shard['bytes']} bytes: {status}")
     if problems:
@@ -91,7 +91,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    run_main(main)
+    run_main(main, tensorflow=True)
 
 
 if __name__ == "__main__":
