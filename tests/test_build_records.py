@@ -166,9 +166,12 @@ def test_too_large_split_fails_before_reading_images(celeba_txt, tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_tfds_source_with_mock_data(tmp_path):
+def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
+    from preprocessing import tfds_source
+
+    monkeypatch.setattr(tfds_source, "_reachable", lambda host, **kw: True)  # mock_data replaces the download
     with tfds.testing.mock_data(num_examples=40):
         manifest = build("", str(tmp_path / "out"), source="tfds", split_sizes="20,5,5", num_shards=1)
     assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {"train": 20, "validation": 5,
