@@ -1,9 +1,14 @@
-"""Path helpers that work for local folders and gs:// (or any Beam filesystem) alike."""
+"""Path helpers that work for local folders and gs:// (or any remote filesystem) alike.
+
+Remote paths go through tf.io.gfile in processes that already run TensorFlow (the trainer), and through Beam's
+FileSystems elsewhere (the records job's workers, which never import TensorFlow).
+"""
 from __future__ import annotations
 
 import hashlib
 import os
 import posixpath
+import sys
 from typing import List
 
 
@@ -11,57 +16,82 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
+def _gfile():
+    """tf.io.gfile when TensorFlow is loaded in this process, else None."""
+    tf = sys.modules.get("tensorflow")
+    return getattr(getattr(tf, "io", None), "gfile", None) if tf is not None else None
+
+
+def _beam():
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
 
 
 def exists(path: str) -> bool:
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.exists(path)
-    return os.path.exists(path)
+    if not is_remote(path):
+        return os.path.exists(path)
+    gfile = _gfile()
+    return gfile.exists(path) if gfile else _beam().exists(path)
 
 
 def isdir(path: str) -> bool:
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        prefix = path.rstrip("/") + "/"
-        return bool(FileSystems.match([prefix + "*"], limits=[1])[0].metadata_list)  # one object is enough
-    return os.path.isdir(path)
+    if not is_remote(path):
+        return os.path.isdir(path)
+    gfile = _gfile()
+    if gfile:
+        return gfile.isdir(path)
+    prefix = path.rstrip("/") + "/"
+    return bool(_beam().match([prefix + "*"], limits=[1])[0].metadata_list)  # one object is enough
 
 
 def listdir(path: str) -> List[str]:
-    """Names (not paths) directly or indirectly under `path`, relative to it."""
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        prefix = path.rstrip("/") + "/"
-        matches = FileSystems.match([prefix + "**"])[0].metadata_list
-        return sorted(m.path[len(prefix):] for m in matches)
-    out = []
-    for root, _, files in os.walk(path):
-        for f in files:
-            out.append(os.path.relpath(os.path.join(root, f), path))
-    return sorted(out)
+    """Names of the files under `path` (recursively), relative to it."""
+    if not is_remote(path):
+        out = []
+        for root, _, files in os.walk(path):
+            out.extend(os.path.relpath(os.path.join(root, f), path) for f in files)
+        return sorted(out)
+    prefix = path.rstrip("/") + "/"
+    gfile = _gfile()
+    if gfile:
+        if not gfile.isdir(path):
+            return []
+        out = []
+        for root, _, files in gfile.walk(path):
+            rel = root.rstrip("/")[len(prefix.rstrip("/")):].lstrip("/")
+            out.extend(posixpath.join(rel, f) if rel else f for f in files)
+        return sorted(out)
+    matches = _beam().match([prefix + "**"])[0].metadata_list
+    return sorted(m.path[len(prefix):] for m in matches)
 
 
 def open_read(path: str):
-    if is_remote(path):
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+    if not is_remote(path):
+        return open(path, "rb")
+    gfile = _gfile()
+    if gfile:
+        return gfile.GFile(path, "rb")
+    from apache_beam.io.filesystems import CompressionTypes
 
-        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return open(path, "rb")
+    return _beam().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def open_write(path: str):
-    if is_remote(path):
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+    if not is_remote(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, "wb")
+    gfile = _gfile()
+    if gfile:
+        gfile.makedirs(posixpath.dirname(path))
+        return gfile.GFile(path, "wb")
+    from apache_beam.io.filesystems import CompressionTypes
 
-        return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return open(path, "wb")
+    return _beam().create(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def read_bytes(path: str) -> bytes:
@@ -86,32 +116,50 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
 
 
 def size(path: str) -> int:
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
+    if not is_remote(path):
+        return os.path.getsize(path)
+    gfile = _gfile()
+    if gfile:
+        return gfile.stat(path).length
+    return _beam().match([path])[0].metadata_list[0].size_in_bytes
 
-        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    return os.path.getsize(path)
+
+def remove(path: str) -> None:
+    """Deletes one file."""
+    if not is_remote(path):
+        os.remove(path)
+        return
+    gfile = _gfile()
+    gfile.remove(path) if gfile else _beam().delete([path])
 
 
 def delete_tree(path: str) -> None:
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
+    if not is_remote(path):
+        import shutil
 
-        names = listdir(path)
-        if names:
-            FileSystems.delete([join(path, n) for n in names])
+        shutil.rmtree(path, ignore_errors=True)
         return
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+    gfile = _gfile()
+    if gfile:
+        if gfile.exists(path):
+            gfile.rmtree(path)
+        return
+    names = listdir(path)
+    if names:
+        _beam().delete([join(path, n) for n in names])
 
 
 def move_tree(src: str, dst: str) -> None:
-    """Moves the folder src to dst (dst must not exist). Atomic for local folders."""
-    if is_remote(src):
-        from apache_beam.io.filesystems import FileSystems
-
-        names = listdir(src)
-        FileSystems.rename([join(src, n) for n in names], [join(dst, n) for n in names])
+    """Moves the folder src to dst (dst must not exist). Atomic for local folders; file by file elsewhere."""
+    if not is_remote(src):
+        os.replace(src, dst)
         return
-    os.replace(src, dst)
+    names = listdir(src)
+    gfile = _gfile()
+    if gfile:
+        for name in names:
+            gfile.makedirs(posixpath.dirname(join(dst, name)))
+            gfile.rename(join(src, name), join(dst, name))
+        gfile.rmtree(src)
+        return
+    _beam().rename([join(src, n) for n in names], [join(dst, n) for n in names])

@@ -99,3 +99,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(records_dir, t
         trainer.train()
     assert trainer.manager.latest_checkpoint.endswith("ckpt-1")
     assert int(trainer.epoch.numpy()) == 1
+
+
+def test_remote_model_dir(records_dir, policy):
+    """A gs://-style model_dir (TensorFlow's ram:// filesystem here) gets every output."""
+    from preprocessing import fileio
+
+    model_dir = "ram://trainer_test/run"
+    config = TrainConfig(data_dir=records_dir, model_dir=model_dir, weights="none", batch_size=8, head_units=(8,),
+                         epochs=2, steps_per_epoch=2)
+    trainer = Trainer(config)
+    trainer.train()
+    trainer.evaluate_and_export()
+    for name in ("history.csv", "learning_curves.png", "metrics.json", "confusion_matrix.png", "model.keras",
+                 "export/saved_model.pb", "checkpoints/checkpoint"):
+        assert fileio.exists(fileio.join(model_dir, name)), name
+    assert not fileio.exists(fileio.join(model_dir, "feature_cache"))
+    assert [r["epoch"] for r in __import__("trainer.metrics", fromlist=["x"]).read_history(
+        fileio.join(model_dir, "history.csv"))] == ["1", "2"]

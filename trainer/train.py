@@ -329,7 +329,7 @@ class Trainer:
             for path in (self.checkpoint_dir, self.history_path, fileio.join(config.model_dir, "feature_cache"),
                          fileio.join(config.model_dir, "metrics.json")):
                 if fileio.exists(path):
-                    fileio.delete_tree(path) if fileio.isdir(path) else os.remove(path)
+                    fileio.delete_tree(path) if fileio.isdir(path) else fileio.remove(path)
         history = metrics_lib.read_history(self.history_path)
         latest = None if config.fresh else self.manager.latest_checkpoint
         if latest:
