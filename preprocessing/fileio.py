@@ -88,6 +88,8 @@ def open_write(path: str):
     gfile = _gfile()
     if gfile:
         gfile.makedirs(posixpath.dirname(path))
+        if gfile.exists(path):  # some filesystems (ram://) append on "wb" instead of truncating
+            gfile.remove(path)
         return gfile.GFile(path, "wb")
     from apache_beam.io.filesystems import CompressionTypes
 
