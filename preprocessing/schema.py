@@ -8,7 +8,6 @@ workers never import TensorFlow (about 4 s per worker process). The tests check 
 """
 from __future__ import annotations
 
-import struct
 from typing import Dict, Sequence
 
 SCHEMA_VERSION = 1

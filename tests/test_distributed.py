@@ -44,7 +44,7 @@ def test_local_cluster_stops_all_workers_when_one_fails(records_dir, tmp_path):
         "    sys.stderr.write('error: data folder /nope does not exist\\n'); sys.exit(2)\n"
         "time.sleep(600)\n")
     proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--grace_seconds=2",
-                   f"--module=worker", env={"PYTHONPATH": str(tmp_path)}, timeout=120)
+                   "--module=worker", env={"PYTHONPATH": str(tmp_path)}, timeout=120)
     assert_one_line_error(proc, "local cluster failed", "status 2")
     assert "[worker 1] error: data folder /nope does not exist" in proc.stdout
     assert "[worker 0] started" in proc.stdout

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TRAIN_ARGS, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 
 
 def _history(model_dir):

@@ -9,7 +9,6 @@ Then: python -m trainer.evaluate --model_dir=M, python -m trainer.predict --mode
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Sequence

@@ -19,13 +19,13 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from preprocessing import fileio, schema
+from preprocessing import fileio
 from preprocessing.cli import UserError
 from trainer import cluster, data, distribute, metrics as metrics_lib, model as model_lib
 
