@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from preprocessing.cli import UserError, run_main
+from preprocessing.cli import UserError, passthrough_args, run_main
 
 SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
@@ -77,8 +77,7 @@ def build_command(records_args: Sequence[str], project: Optional[str], region: s
 
 
 def main(argv: Sequence[str]) -> int:
-    args = list(argv[1:])
-    args = args[1:] if args and args[0] == "--" else args
+    args = passthrough_args(argv)
     command = build_command(args, FLAGS.project, FLAGS.region, FLAGS.temp_location, FLAGS.machine_type,
                             FLAGS.max_num_workers, FLAGS.job_name, FLAGS.staging_location)
     if FLAGS.dry_run:

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from preprocessing.cli import UserError, run_main
+from preprocessing.cli import UserError, passthrough_args, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_workers", 2, "Worker processes to start.", lower_bound=1)
@@ -126,10 +126,7 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
 
 
 def main(argv: Sequence[str]) -> int:
-    args = list(argv[1:])
-    if args and args[0] == "--":
-        args = args[1:]
-    status = run_cluster(FLAGS.num_workers, args, FLAGS.module, FLAGS.grace_seconds)
+    status = run_cluster(FLAGS.num_workers, passthrough_args(argv), FLAGS.module, FLAGS.grace_seconds)
     if status:
         raise UserError(f"the local cluster failed (status {status}); see the worker output above")
     return 0

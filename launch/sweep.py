@@ -26,7 +26,7 @@ from absl import flags
 
 from launch import vertex as vertex_lib  # its flags (--project, --image_uri, ...) serve --vertex
 from preprocessing import fileio
-from preprocessing.cli import UserError, run_main
+from preprocessing.cli import UserError, passthrough_args, run_main
 from trainer.metrics import read_history
 
 FLAGS = flags.FLAGS
@@ -200,8 +200,7 @@ def plot_heatmap(rows: List[dict], path: str) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = list(argv[1:])
-    args = args[1:] if args and args[0] == "--" else args
+    args = passthrough_args(argv)
     for reserved in ("model_dir", "batch_size", "lr", "epochs"):
         if any(a.startswith(f"--{reserved}=") for a in args):
             raise UserError(f"--{reserved} is set per cell by the sweep; remove it from the trainer flags")

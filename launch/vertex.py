@@ -15,11 +15,11 @@ import datetime
 import json
 import shlex
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from absl import flags
 
-from preprocessing.cli import UserError, run_main
+from preprocessing.cli import UserError, passthrough_args, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("project", None, "Google Cloud project.")
@@ -109,11 +109,6 @@ def submit(job: dict, project: str, region: str) -> str:
     return custom.resource_name
 
 
-def trainer_args(argv: Sequence[str]) -> List[str]:
-    args = list(argv[1:])
-    return args[1:] if args and args[0] == "--" else args
-
-
 def job_from_flags(args: Sequence[str], display_name: Optional[str] = None) -> dict:
     if not FLAGS.project:
         raise UserError("--project is required")
@@ -136,7 +131,7 @@ def launch(args: Sequence[str], display_name: Optional[str] = None) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    name = launch(trainer_args(argv))
+    name = launch(passthrough_args(argv))
     if name:
         print(f"submitted {name}")
     return 0

@@ -22,6 +22,12 @@ def fail(message: str) -> None:
     raise UserError(message)
 
 
+def passthrough_args(argv: Sequence[str]) -> List[str]:
+    """The arguments after the program's own flags (and after a `--`), handed on to another command."""
+    args = list(argv[1:])
+    return args[1:] if args and args[0] == "--" else args
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
