@@ -55,7 +55,8 @@ def find_layout(celeba_dir: str) -> Layout:
     """Detects the layout of a CelebA folder, or raises UserError saying what was looked for and where to get it."""
     j = lambda *p: fileio.join(celeba_dir, *p)  # noqa: E731
     if not fileio.isdir(celeba_dir):
-        raise UserError(f"CelebA folder {celeba_dir} does not exist; {DOWNLOAD_HELP}")
+        what = "is a file, not a folder" if fileio.exists(celeba_dir) else "does not exist"
+        raise UserError(f"CelebA folder {celeba_dir} {what}; {DOWNLOAD_HELP}")
     attr_txt = _first_existing([j("list_attr_celeba.txt"), j("Anno", "list_attr_celeba.txt")])
     part_txt = _first_existing([j("list_eval_partition.txt"), j("Eval", "list_eval_partition.txt")])
     if attr_txt and part_txt:

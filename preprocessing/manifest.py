@@ -19,6 +19,8 @@ def read_manifest(data_dir: str) -> dict:
     """The manifest of a finished dataset; UserError for a missing folder, no _SUCCESS or an unknown schema."""
     if not fileio.exists(data_dir):
         raise UserError(f"data folder {data_dir} does not exist; build it with python -m preprocessing.build_records")
+    if not fileio.isdir(data_dir):
+        raise UserError(f"data folder {data_dir} is a file, not a dataset folder")
     if not fileio.exists(fileio.join(data_dir, SUCCESS)):
         raise UserError(f"data folder {data_dir} has no {SUCCESS}: the records job did not finish there; "
                         f"rerun python -m preprocessing.build_records --overwrite")

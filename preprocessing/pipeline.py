@@ -298,6 +298,8 @@ def check_beam_args(args: Sequence[str]) -> None:
 
 
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
+    if fileio.exists(output_dir) and not fileio.isdir(output_dir):
+        raise UserError(f"output folder {output_dir} is a file")
     if fileio.exists(output_dir) and fileio.listdir(output_dir):
         if not overwrite:
             raise UserError(f"output folder {output_dir} exists and is not empty; pass --overwrite to replace it")
@@ -331,6 +333,10 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     sizes = splits.parse_split_sizes(config.split_sizes)
     _check_output_dir(config.output_dir, config.overwrite)
     work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        fileio.write_bytes(fileio.join(work_dir, _META, "started"), b"")  # fail now if the place is not writable
+    except OSError as e:
+        raise UserError(f"cannot write next to output folder {config.output_dir}: {e.strerror or e}") from None
     try:
         if config.source == "tfds":
             from preprocessing import tfds_source

@@ -222,3 +222,18 @@ def test_tfds_source_offline_fails_fast_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"no prepared celeb_a .* drive.google.com is unreachable"):
         build("", str(tmp_path / "out"), source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_cli_paths_that_are_files_or_unwritable(celeba_txt, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={a_file}")
+    assert_one_line_error(proc, str(a_file), "is a file")
+    assert a_file.read_text() == "keep me"
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={a_file}", f"--output_dir={tmp_path / 'o'}")
+    assert_one_line_error(proc, str(a_file), "not a folder")
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
+                   f"--output_dir={a_file}/sub/out", "--split_sizes=10,5,5")
+    assert_one_line_error(proc, "cannot write", f"{a_file}/sub/out")
+    proc = run_cli("-m", "trainer.main", f"--data_dir={a_file}", "--weights=none")
+    assert_one_line_error(proc, str(a_file), "not a dataset folder")
