@@ -123,6 +123,10 @@ def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False,
         except KeyboardInterrupt:
             sys.stderr.write("error: interrupted\n")
             sys.exit(130)
+        except OSError as e:  # files, permissions, full disks: the environment, not a bug to trace
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            sys.stderr.write(f"error: {where}{_one_line(e.strerror or e)}\n")
+            sys.exit(2)
         return result if isinstance(result, int) else 0
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

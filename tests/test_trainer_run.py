@@ -208,3 +208,13 @@ def test_vertex_environment_sets_output_folders(records_dir, tmp_path):
     assert os.path.exists(tmp_path / "aip_model" / "metrics.json")
     assert os.path.exists(tmp_path / "aip_ckpt" / "checkpoint")
     assert glob.glob(str(tmp_path / "aip_logs" / "events.out.tfevents.*"))
+
+
+def test_predict_on_a_folder_and_synthetic_on_an_unwritable_path(trained_run, tmp_path):
+    model_dir, _ = trained_run
+    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(tmp_path)),
+                          str(tmp_path), "is a folder")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("-m", "preprocessing.synthetic_celeba", f"--output_dir={blocker}/sub", "--num_images=5")
+    assert_one_line_error(proc, str(blocker))

@@ -30,8 +30,8 @@ def prepare(paths: Sequence[str], image_size: int, resize_mode: str = "crop", jp
 
     images = []
     for path in paths:
-        if not fileio.exists(path):
-            raise UserError(f"{path}: no such file")
+        if not fileio.exists(path) or fileio.isdir(path):
+            raise UserError(f"{path}: no such file" if not fileio.exists(path) else f"{path}: is a folder, not an image")
         try:
             jpeg = transform_image(fileio.read_bytes(path), image_size, resize_mode, jpeg_quality)
         except ImageError as e:
