@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -326,6 +327,29 @@ def _validate(config: Config) -> None:
         raise UserError(f"--source={config.source}: expected folder or tfds")
 
 
+def _remove_abandoned_work_dirs(output_dir: str) -> None:
+    """Deletes OUTPUT.partial-* folders left by killed runs on this host (their process no longer exists)."""
+    if fileio.is_remote(output_dir):
+        return
+    import glob
+
+    for path in glob.glob(glob.escape(output_dir.rstrip("/")) + ".partial-*"):
+        try:
+            with open(os.path.join(path, _META, "started")) as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            continue  # not ours to judge
+        if owner.get("host") != socket.gethostname():
+            continue
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            LOG.info("removing %s, left by a run that was killed", path)
+            fileio.delete_tree(path)
+        except (OSError, KeyError, ValueError):
+            pass
+
+
 def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     """Builds the dataset described by `config` in config.output_dir; returns the manifest. Raises UserError."""
     start = time.time()
@@ -333,8 +357,10 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     sizes = splits.parse_split_sizes(config.split_sizes)
     _check_output_dir(config.output_dir, config.overwrite)
     work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        fileio.write_bytes(fileio.join(work_dir, _META, "started"), b"")  # fail now if the place is not writable
+    _remove_abandoned_work_dirs(config.output_dir)
+    try:  # the marker says who works here (for _remove_abandoned_work_dirs); writing it fails early if we cannot
+        fileio.write_bytes(fileio.join(work_dir, _META, "started"),
+                           json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
     except OSError as e:
         raise UserError(f"cannot write next to output folder {config.output_dir}: {e.strerror or e}") from None
     try:

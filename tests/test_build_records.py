@@ -237,3 +237,26 @@ def test_cli_paths_that_are_files_or_unwritable(celeba_txt, tmp_path):
     assert_one_line_error(proc, "cannot write", f"{a_file}/sub/out")
     proc = run_cli("-m", "trainer.main", f"--data_dir={a_file}", "--weights=none")
     assert_one_line_error(proc, str(a_file), "not a dataset folder")
+
+
+def test_killed_run_leaves_no_success_and_its_leftovers_are_cleaned(celeba_txt, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
+                             f"--output_dir={out}", "--split_sizes=200,20,20", "--image_size=32",
+                             "--direct_running_mode=in_memory"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob("out.partial-*/.chunks")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob("out.partial-*")) and not out.exists()  # killed mid-way: no dataset, no _SUCCESS
+    build(celeba_txt, str(out))
+    assert (out / "_SUCCESS").exists() and not list(tmp_path.glob("out.partial-*"))
