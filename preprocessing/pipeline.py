@@ -397,11 +397,13 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
     errors_path = fileio.join(meta_dir, "errors.json")
     errors = json.loads(fileio.read_bytes(errors_path)) if fileio.exists(errors_path) else []
     if selection["shortfalls"]:
+        for error in errors[:20]:  # the dead letters go with the work folder: show them first
+            LOG.warning("left out %s (%s): %s", error["name"], error["stage"], error["reason"])
         s = selection["shortfalls"][0]
         what = s["split"] if s["label"] is None else f"{s['split']} ({schema.CLASS_NAMES[s['label']]})"
         raise UserError(f"split {what} is {s['wanted'] - s['readable']} images short: {s['wanted']} wanted, "
-                        f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} left out, "
-                        f"see the dead letters); no dataset written")
+                        f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} images left out, "
+                        f"listed above); no dataset written")
     shard_stats: Dict[str, List[dict]] = {}
     for name in fileio.listdir(meta_dir):
         if name.startswith("shard-"):
