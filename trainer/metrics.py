@@ -81,9 +81,11 @@ def plot_confusion_matrix(matrix: List[List[int]], path: str, title: str = "Test
 
     fig, ax = plt.subplots(figsize=(4, 3.6))
     ax.imshow(matrix, cmap="Blues")
+    threshold = max(max(row) for row in matrix) / 2
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=12)
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=12,
+                    color="white" if matrix[i][j] > threshold else "black")
     ax.set_xticks([0, 1], CLASS_NAMES)
     ax.set_yticks([0, 1], CLASS_NAMES)
     ax.set_xlabel("predicted")
