@@ -54,7 +54,7 @@ def contact_sheet(samples: Sequence[Tuple[bytes, int, str]], path: str, columns:
     from PIL import Image
 
     rows = max(1, (len(samples) + columns - 1) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 2.1), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (jpeg, label, name) in zip(axes.flat, samples):
