@@ -32,14 +32,8 @@ def images_per_sec(dataset, warmup_batches: int = 5) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--num_images", type=int, default=12000)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--work_dir", default=None)
-    args = parser.parse_args()
-    work = args.work_dir or tempfile.mkdtemp(prefix="bench_input_")
+def _prepare_records(args, work: str):
+    """A synthetic download and its records (80 % train), reused when the work folder has them."""
     celeba = os.path.join(work, f"celeba{args.num_images}")
     if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
         run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
@@ -50,25 +44,12 @@ def main() -> None:
         shutil.rmtree(records, ignore_errors=True)
         run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
                    f"--split_sizes={train},10,10", f"--image_size={args.image_size}", "--num_shards=8"])
+    return celeba, records, train
 
-    import tensorflow as tf
-    import keras
 
+def _keras_folder(work: str, records: str, celeba: str) -> str:
+    """The train split's source images as class folders (symlinks), for keras.utils.image_dataset_from_directory."""
     from preprocessing import schema
-    from trainer import data
-
-    info = data.load(records)
-    files = info.files("train")
-    steps = train // args.batch_size
-
-    ours = data.make_dataset_fn(files, info.image_size, args.batch_size, training=True, seed=1)().take(steps)
-
-    def raw(record):
-        return tf.io.decode_jpeg(tf.io.parse_single_example(
-            record, {schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})[schema.IMAGE_KEY], channels=3)
-
-    ceiling = (tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
-               .map(raw, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
 
     by_class = os.path.join(work, "by_class")
     if not os.path.isdir(by_class):
@@ -86,6 +67,40 @@ def main() -> None:
         for name in names:
             os.symlink(os.path.join(os.path.abspath(celeba), "img_align_celeba", name),
                        os.path.join(by_class, labels[name], name))
+    return by_class
+
+
+def main() -> None:
+    """Long because it prints every figure it measures, side by side, then the JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--num_images", type=int, default=12000)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--work_dir", default=None)
+    args = parser.parse_args()
+    work = args.work_dir or tempfile.mkdtemp(prefix="bench_input_")
+    celeba, records, train = _prepare_records(args, work)
+
+    import keras
+    import tensorflow as tf
+
+    from preprocessing import schema
+    from trainer import data
+
+    info = data.load(records)
+    files = info.files("train")
+    steps = train // args.batch_size
+
+    ours = data.make_dataset_fn(files, info.image_size, args.batch_size, training=True, seed=1)().take(steps)
+
+    def raw(record):
+        return tf.io.decode_jpeg(tf.io.parse_single_example(
+            record, {schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})[schema.IMAGE_KEY], channels=3)
+
+    ceiling = (tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+               .map(raw, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+
+    by_class = _keras_folder(work, records, celeba)
     keras_ds = keras.utils.image_dataset_from_directory(
         by_class, image_size=(args.image_size, args.image_size), batch_size=args.batch_size,
         crop_to_aspect_ratio=True, shuffle=True, seed=1, verbose=False).prefetch(tf.data.AUTOTUNE)

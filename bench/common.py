@@ -14,11 +14,10 @@ PYTHON = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_timed(cmd: List[str], env: dict | None = None) -> Tuple[float, int, str]:
+def run_timed(cmd: List[str]) -> Tuple[float, int, str]:
     """Runs cmd; returns (seconds, peak RSS in bytes summed over the process and its children, output)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
 
     def sample():

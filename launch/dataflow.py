@@ -10,27 +10,29 @@ write gs:// paths only, so --celeba_dir and --output_dir must be gs:// (or --sou
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import subprocess
 import sys
 from typing import List, Optional, Sequence
 
-from absl import flags
-
-from preprocessing.cli import UserError, passthrough_args, run_main
+from celeba_common.cli import UserError, passthrough_args, run_main
+from celeba_common.flagdefs import define_flags, from_flags, option
 
 SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("project", None, "Google Cloud project.")
-flags.DEFINE_string("region", "us-central1", "Dataflow region.")
-flags.DEFINE_string("temp_location", None, "gs:// folder for Dataflow's temporary files.")
-flags.DEFINE_string("staging_location", None, "gs:// folder for staged code (default: under temp_location).")
-flags.DEFINE_string("machine_type", None, "Worker machine type, e.g. n2-standard-4.")
-flags.DEFINE_integer("max_num_workers", None, "Autoscaling limit.")
-flags.DEFINE_string("job_name", None, "Dataflow job name.")
-flags.DEFINE_bool("dry_run", False, "Print the command instead of running it.")
+
+@dataclasses.dataclass
+class DataflowJob:
+    project: Optional[str] = option(None, "Google Cloud project.")
+    region: str = option("us-central1", "Dataflow region.")
+    temp_location: Optional[str] = option(None, "gs:// folder for Dataflow's temporary files.")
+    staging_location: Optional[str] = option(None, "gs:// folder for staged code (default: under temp_location).")
+    machine_type: Optional[str] = option(None, "Worker machine type, e.g. n2-standard-4.")
+    max_num_workers: Optional[int] = option(None, "Autoscaling limit.")
+    job_name: Optional[str] = option(None, "Dataflow job name.")
+    dry_run: bool = option(False, "Print the command instead of running it.")
 
 
 def _value(args: Sequence[str], name: str) -> Optional[str]:
@@ -40,10 +42,10 @@ def _value(args: Sequence[str], name: str) -> Optional[str]:
     return None
 
 
-def build_command(records_args: Sequence[str], project: Optional[str], region: str, temp_location: Optional[str],
-                  machine_type: Optional[str] = None, max_num_workers: Optional[int] = None,
-                  job_name: Optional[str] = None, staging_location: Optional[str] = None) -> List[str]:
+def build_command(records_args: Sequence[str], job: DataflowJob) -> List[str]:
     """The build_records command line that runs on Dataflow."""
+    project, region, temp_location = job.project, job.region, job.temp_location
+    max_num_workers = job.max_num_workers
     if not project:
         raise UserError("--project is required")
     if not temp_location or not temp_location.startswith("gs://"):
@@ -65,35 +67,29 @@ def build_command(records_args: Sequence[str], project: Optional[str], region: s
     command = [sys.executable, "-m", "preprocessing.build_records", *records_args, "--runner=DataflowRunner",
                f"--project={project}", f"--region={region}", f"--temp_location={temp_location}",
                f"--setup_file={SETUP_FILE}"]
-    if staging_location:
-        command.append(f"--staging_location={staging_location}")
-    if machine_type:
-        command.append(f"--machine_type={machine_type}")
-    if max_num_workers:
-        command.append(f"--max_num_workers={max_num_workers}")
-    if job_name:
-        command.append(f"--job_name={job_name}")
+    for name in ("staging_location", "machine_type", "max_num_workers", "job_name"):
+        if getattr(job, name):
+            command.append(f"--{name}={getattr(job, name)}")
     return command
 
 
 def main(argv: Sequence[str]) -> int:
-    args = passthrough_args(argv)
-    command = build_command(args, FLAGS.project, FLAGS.region, FLAGS.temp_location, FLAGS.machine_type,
-                            FLAGS.max_num_workers, FLAGS.job_name, FLAGS.staging_location)
-    if FLAGS.dry_run:
+    job = from_flags(DataflowJob)
+    command = build_command(passthrough_args(argv), job)
+    if job.dry_run:
         print(shlex.join(command))
         return 0
     try:
         import apache_beam.runners.dataflow  # noqa: F401  (imports prove the cloud extra is there)
-        from apache_beam.io.gcp import gcsio  # noqa: F401
         import google.cloud.storage  # noqa: F401
+        from apache_beam.io.gcp import gcsio  # noqa: F401
     except ImportError:
         raise UserError("Beam's GCP support is not installed: pip install -e '.[cloud]'") from None
     return subprocess.call(command)
 
 
 def cli() -> None:
-    run_main(main)
+    run_main(main, define_flags=lambda: define_flags(DataflowJob))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ Usage:
 
 Each worker gets a TF_CONFIG naming all of them (free ports) and its own index; worker 0 is the chief. Output
 lines are prefixed with `[worker i]`. If any worker fails, the others are stopped and the launcher exits with that
-worker's status; no process is left behind.
+worker's status; no process is left behind, even when the launcher itself is killed with SIGKILL (the workers are
+started with PR_SET_PDEATHSIG).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,14 +21,15 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
-from absl import flags
+from celeba_common.cli import UserError, passthrough_args, run_main
+from celeba_common.flagdefs import define_flags, from_flags, option
 
-from preprocessing.cli import UserError, passthrough_args, run_main
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_workers", 2, "Worker processes to start.", lower_bound=1)
-flags.DEFINE_string("module", "trainer.main", "Python module each worker runs.")
-flags.DEFINE_float("grace_seconds", 10.0, "How long stopped workers get between SIGTERM and SIGKILL.")
+@dataclasses.dataclass
+class LocalCluster:
+    num_workers: int = option(2, "Worker processes to start.", lower_bound=1)
+    module: str = option("trainer.main", "Python module each worker runs.")
+    grace_seconds: float = option(10.0, "How long stopped workers get between SIGTERM and SIGKILL.")
 
 
 def free_ports(count: int) -> List[int]:
@@ -47,6 +50,17 @@ def tf_configs(num_workers: int, ports: Optional[Sequence[int]] = None) -> List[
     ports = list(ports or free_ports(num_workers))
     hosts = [f"127.0.0.1:{p}" for p in ports]
     return [{"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}} for i in range(num_workers)]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGKILL when the launcher dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's own cleanup is all there is
+        pass
 
 
 def _pump(index: int, stream, lock: threading.Lock) -> None:
@@ -79,8 +93,7 @@ def _stop(processes: List[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
-def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.main", grace: float = 10.0,
-                env: Optional[dict] = None) -> int:
+def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.main", grace: float = 10.0) -> int:
     """Starts the workers, relays their output, returns 0 or the first failing worker's exit status."""
     lock = threading.Lock()
     processes: List[subprocess.Popen] = []
@@ -93,10 +106,11 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for index, config in enumerate(tf_configs(num_workers)):
-            worker_env = {**os.environ, **(env or {}), "TF_CONFIG": json.dumps(config), "PYTHONUNBUFFERED": "1"}
+            worker_env = {**os.environ, "TF_CONFIG": json.dumps(config), "PYTHONUNBUFFERED": "1"}
             worker_env.pop("CLUSTER_SPEC", None)
             p = subprocess.Popen([sys.executable, "-m", module, *args], env=worker_env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                 preexec_fn=_die_with_parent)
             processes.append(p)
             t = threading.Thread(target=_pump, args=(index, p.stdout, lock), daemon=True)
             t.start()
@@ -126,14 +140,15 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
 
 
 def main(argv: Sequence[str]) -> int:
-    status = run_cluster(FLAGS.num_workers, passthrough_args(argv), FLAGS.module, FLAGS.grace_seconds)
+    config = from_flags(LocalCluster)
+    status = run_cluster(config.num_workers, passthrough_args(argv), config.module, config.grace_seconds)
     if status:
         raise UserError(f"the local cluster failed (status {status}); see the worker output above")
     return 0
 
 
 def cli() -> None:
-    run_main(main)
+    run_main(main, define_flags=lambda: define_flags(LocalCluster))
 
 
 if __name__ == "__main__":

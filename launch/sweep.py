@@ -14,28 +14,30 @@ summary.md, summary.csv and val_accuracy_heatmap.png, and names the best cell wi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import shlex
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from absl import flags
-
-from launch import vertex as vertex_lib  # its flags (--project, --image_uri, ...) serve --vertex
-from preprocessing import fileio
-from preprocessing.cli import UserError, passthrough_args, run_main
+from celeba_common import fileio
+from celeba_common.cli import UserError, passthrough_args, run_main
+from celeba_common.flagdefs import define_flags, from_flags, option
+from launch import vertex as vertex_lib
 from trainer.metrics import read_history
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("batch_sizes", ["8", "16", "32", "64"], "Global batch sizes of the grid.")
-flags.DEFINE_list("lrs", ["1e-2", "1e-3", "1e-4"], "Learning rates of the grid.")
-flags.DEFINE_integer("epochs", 10, "Epochs per cell.", lower_bound=1)
-flags.DEFINE_string("output_dir", "runs/sweep", "One model_dir per cell under it, and the summary.")
-flags.DEFINE_integer("converged_epochs", 3, "'Converged' = mean over this many last epochs.", lower_bound=1)
-flags.DEFINE_bool("vertex", False, "Run each cell as a Vertex AI job (uses launch.vertex's flags).")
+
+@dataclasses.dataclass
+class SweepConfig:
+    batch_sizes: Tuple[str, ...] = option(("8", "16", "32", "64"), "Global batch sizes of the grid.")
+    lrs: Tuple[str, ...] = option(("1e-2", "1e-3", "1e-4"), "Learning rates of the grid.")
+    epochs: int = option(10, "Epochs per cell.", lower_bound=1)
+    output_dir: str = option("runs/sweep", "One model_dir per cell under it, and the summary.")
+    converged_epochs: int = option(3, "'Converged' = mean over this many last epochs.", lower_bound=1)
+    vertex: bool = option(False, "Run each cell as a Vertex AI job (uses launch.vertex's flags).")
 
 COLUMNS = ("lr", "batch_size", "status", "epochs", "val_accuracy_lowest", "val_accuracy_highest",
            "val_accuracy_converged", "val_loss_at_lowest", "val_loss_at_highest", "val_loss_converged", "model_dir")
@@ -86,8 +88,9 @@ def _run_local(args: Sequence[str], log_path: str) -> tuple:
 
 
 def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, output_dir: str,
-              trainer_args: Sequence[str], converged_epochs: int = 3, vertex: bool = False) -> List[dict]:
-    """Runs (or submits) every unfinished cell, then tabulates all of them. Returns the rows."""
+              trainer_args: Sequence[str], converged_epochs: int = 3,
+              vertex: Optional[vertex_lib.VertexJob] = None) -> List[dict]:
+    """Runs (or, with a VertexJob, submits) every unfinished cell, then tabulates all of them. Returns the rows."""
     rows = []
     jobs_path = fileio.join(output_dir, "vertex_jobs.json")
     jobs = json.loads(fileio.read_bytes(jobs_path)) if vertex and fileio.exists(jobs_path) else {}
@@ -100,7 +103,7 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
             args = cell_args(lr, bs, epochs, model_dir, trainer_args)
             if not finished and vertex:
                 if name not in jobs:
-                    submitted = vertex_lib.launch(args, display_name=f"sweep-{name}".replace(".", "-"))
+                    submitted = vertex_lib.launch(vertex, args, display_name=f"sweep-{name}".replace(".", "-"))
                     if not submitted:  # --dry_run: printed, not sent
                         row["status"] = "dry run"
                         rows.append(row)
@@ -204,19 +207,25 @@ def main(argv: Sequence[str]) -> int:
     for reserved in ("model_dir", "batch_size", "lr", "epochs"):
         if any(a.startswith(f"--{reserved}=") for a in args):
             raise UserError(f"--{reserved} is set per cell by the sweep; remove it from the trainer flags")
-    lrs, batch_sizes = parse_grid(FLAGS.lrs, FLAGS.batch_sizes)
-    if FLAGS.vertex and not FLAGS.dry_run:
-        if not FLAGS.output_dir.startswith("gs://"):
-            raise UserError(f"--output_dir={FLAGS.output_dir}: Vertex AI jobs need a gs:// output folder")
-    rows = run_sweep(lrs, batch_sizes, FLAGS.epochs, FLAGS.output_dir, args, FLAGS.converged_epochs, FLAGS.vertex)
+    config = from_flags(SweepConfig)
+    lrs, batch_sizes = parse_grid(config.lrs, config.batch_sizes)
+    vertex = from_flags(vertex_lib.VertexJob) if config.vertex else None
+    if vertex and not vertex.dry_run and not config.output_dir.startswith("gs://"):
+        raise UserError(f"--output_dir={config.output_dir}: Vertex AI jobs need a gs:// output folder")
+    rows = run_sweep(lrs, batch_sizes, config.epochs, config.output_dir, args, config.converged_epochs, vertex)
     failed = [r for r in rows if r["status"].startswith("failed")]
     print(f"[sweep] {len(rows) - len(failed)} of {len(rows)} cells ok; summary in "
-          f"{fileio.join(FLAGS.output_dir, 'summary.md')}")
+          f"{fileio.join(config.output_dir, 'summary.md')}")
     return 1 if failed and len(failed) == len(rows) else 0
 
 
+def _define_flags() -> None:
+    define_flags(SweepConfig)
+    define_flags(vertex_lib.VertexJob, skip=("display_name",))  # for --vertex; each cell names its own job
+
+
 def cli() -> None:
-    run_main(main)
+    run_main(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

@@ -11,28 +11,32 @@ CLUSTER_SPEC and AIP_MODEL_DIR, which trainer.main turns into TF_CONFIG and its 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import shlex
 import sys
 from typing import Optional, Sequence
 
-from absl import flags
+from celeba_common.cli import UserError, passthrough_args, run_main
+from celeba_common.flagdefs import define_flags, from_flags, option
 
-from preprocessing.cli import UserError, passthrough_args, run_main
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("project", None, "Google Cloud project.")
-flags.DEFINE_string("region", "us-central1", "Vertex AI region.")
-flags.DEFINE_string("image_uri", None, "Trainer container image (built from launch/Dockerfile).")
-flags.DEFINE_string("machine_type", "n1-standard-8", "Machine type of every replica.")
-flags.DEFINE_string("accelerator_type", None, "e.g. NVIDIA_TESLA_T4, NVIDIA_L4, NVIDIA_A100_80GB, NVIDIA_H100_80GB.")
-flags.DEFINE_integer("accelerator_count", 0, "GPUs per replica.")
-flags.DEFINE_integer("replica_count", 1, "Machines: 1 chief + (replica_count - 1) workers.")
-flags.DEFINE_string("display_name", None, "Job name (default celeba-vgg16-<time>).")
-flags.DEFINE_string("base_output_dir", None, "gs:// folder; Vertex AI sets AIP_MODEL_DIR etc. under it.")
-flags.DEFINE_string("service_account", None, "Service account the job runs as.")
-flags.DEFINE_bool("dry_run", False, "Print the job instead of submitting it.")
+@dataclasses.dataclass
+class VertexJob:
+    """Where and on what the trainer runs on Vertex AI (launch.sweep builds the same from its own flags)."""
+    project: Optional[str] = option(None, "Google Cloud project.")
+    region: str = option("us-central1", "Vertex AI region.")
+    image_uri: Optional[str] = option(None, "Trainer container image (built from launch/Dockerfile).")
+    machine_type: str = option("n1-standard-8", "Machine type of every replica.")
+    accelerator_type: Optional[str] = option(None, "e.g. NVIDIA_TESLA_T4, NVIDIA_L4, NVIDIA_A100_80GB, "
+                                             "NVIDIA_H100_80GB.")
+    accelerator_count: int = option(0, "GPUs per replica.")
+    replica_count: int = option(1, "Machines: 1 chief + (replica_count - 1) workers.")
+    display_name: Optional[str] = option(None, "Job name (default celeba-vgg16-<time>).")
+    base_output_dir: Optional[str] = option(None, "gs:// folder; Vertex AI sets AIP_MODEL_DIR etc. under it.")
+    service_account: Optional[str] = option(None, "Service account the job runs as.")
+    dry_run: bool = option(False, "Print the job instead of submitting it.")
 
 
 def job_spec(display_name: str, image_uri: str, machine_type: str, accelerator_type: Optional[str],
@@ -109,36 +113,63 @@ def submit(job: dict, project: str, region: str) -> str:
     return custom.resource_name
 
 
-def job_from_flags(args: Sequence[str], display_name: Optional[str] = None) -> dict:
-    if not FLAGS.project:
+def trainer_flag(args: Sequence[str], name: str) -> Optional[str]:
+    """The value of --name in the trainer's args (`--name=V` or `--name V`), or None."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def check_batch_size(args: Sequence[str], replica_count: int, accelerator_count: int) -> None:
+    """The trainer's global batch must split evenly over every GPU of the job (one replica per CPU-only machine)."""
+    from trainer.config import TrainConfig
+
+    raw = trainer_flag(args, "batch_size")
+    try:
+        batch = int(raw) if raw is not None else TrainConfig.batch_size
+    except ValueError:
+        raise UserError(f"--batch_size={raw}: expected an integer") from None
+    replicas = max(replica_count, 1) * max(accelerator_count, 1)
+    if batch <= 0 or batch % replicas:
+        raise UserError(f"--batch_size={batch} does not divide by the job's {replicas} GPUs ({replica_count} "
+                        f"machines x {max(accelerator_count, 1)}); use a multiple of {replicas}")
+
+
+def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None) -> dict:
+    """The CustomJob for `config` running the trainer with `args`."""
+    if not config.project:
         raise UserError("--project is required")
-    name = display_name or FLAGS.display_name or \
+    check_batch_size(args, config.replica_count, config.accelerator_count)
+    name = display_name or config.display_name or \
         f"celeba-vgg16-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
-    return job_spec(name, FLAGS.image_uri, FLAGS.machine_type, FLAGS.accelerator_type, FLAGS.accelerator_count,
-                    FLAGS.replica_count, args, FLAGS.base_output_dir, FLAGS.service_account)
+    return job_spec(name, config.image_uri, config.machine_type, config.accelerator_type, config.accelerator_count,
+                    config.replica_count, args, config.base_output_dir, config.service_account)
 
 
-def launch(args: Sequence[str], display_name: Optional[str] = None) -> str:
+def launch(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None) -> str:
     """Dry run: prints the job and returns ''; else submits it and returns its resource name."""
-    job = job_from_flags(args, display_name)
+    job = build_job(config, args, display_name)
     if not any(a.startswith("--data_dir=gs://") for a in args):
         sys.stderr.write("note: no --data_dir=gs://... in the trainer flags; the job cannot see local folders\n")
-    if FLAGS.dry_run:
+    if config.dry_run:
         print(json.dumps(job, indent=2))
-        sys.stderr.write(gcloud_command(job, FLAGS.project, FLAGS.region) + "\n")
+        sys.stderr.write(gcloud_command(job, config.project, config.region) + "\n")
         return ""
-    return submit(job, FLAGS.project, FLAGS.region)
+    return submit(job, config.project, config.region)
 
 
 def main(argv: Sequence[str]) -> int:
-    name = launch(passthrough_args(argv))
+    name = launch(from_flags(VertexJob), passthrough_args(argv))
     if name:
         print(f"submitted {name}")
     return 0
 
 
 def cli() -> None:
-    run_main(main)
+    run_main(main, define_flags=lambda: define_flags(VertexJob))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import os
 import zipfile
 from typing import Dict, List, Optional, Tuple
 
-from preprocessing import fileio
-from preprocessing.cli import UserError
+from celeba_common import fileio
+from celeba_common.cli import UserError
 from preprocessing.schema import ATTRIBUTE_NAMES, LABEL_ATTRIBUTE
 
 PARTITIONS = {0: "train", 1: "validation", 2: "test"}

@@ -9,32 +9,21 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from absl import flags
 
-from preprocessing import fileio, manifest as manifest_lib, schema
-from preprocessing.cli import UserError, run_main
+from celeba_common import fileio
+from celeba_common.cli import UserError, run_main
+from preprocessing import manifest as manifest_lib, schema, tfrecord
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", os.path.join("tfrecords", "celeba"), "Dataset folder written by build_records.")
-flags.DEFINE_integer("samples", 32, "Images on the contact sheet.", lower_bound=0)
-flags.DEFINE_string("sheet", None, "Contact sheet PNG path; default DATA_DIR/contact_sheet.png.")
 
 
-def read_records(path: str, limit: int) -> List[bytes]:
-    """The first `limit` records of a TFRecord file (no TensorFlow needed)."""
-    out = []
-    with fileio.open_read(path) as f:
-        while len(out) < limit:
-            header = f.read(12)
-            if len(header) < 12:
-                break
-            (length,) = struct.unpack("<Q", header[:8])
-            out.append(f.read(length))
-            f.read(4)
-    return out
+def _define_flags() -> None:
+    flags.DEFINE_string("data_dir", os.path.join("tfrecords", "celeba"), "Dataset folder written by build_records.")
+    flags.DEFINE_integer("samples", 32, "Images on the contact sheet.", lower_bound=0)
+    flags.DEFINE_string("sheet", None, "Contact sheet PNG path; default DATA_DIR/contact_sheet.png.")
 
 
 def decode_record(record: bytes) -> Tuple[bytes, int, str]:
@@ -82,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
         raise UserError(f"{len(problems)} bad shard(s) in {data_dir}: {bad}")
     if FLAGS.samples:
         first = next(iter(manifest["splits"].values()))["shards"][0]["file"]
-        records = read_records(fileio.join(data_dir, first), FLAGS.samples)
+        records = tfrecord.read_records(fileio.join(data_dir, first), FLAGS.samples)
         sheet = FLAGS.sheet or fileio.join(data_dir, "contact_sheet.png")
         contact_sheet([decode_record(r) for r in records], sheet)
         print(f"contact sheet of {len(records)} images: {sheet}")
@@ -91,7 +80,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    run_main(main, tensorflow=True)
+    run_main(main, define_flags=_define_flags, tensorflow=True)
 
 
 if __name__ == "__main__":

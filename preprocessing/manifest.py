@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional
 
-from preprocessing import fileio, schema
-from preprocessing.cli import UserError
+from celeba_common import fileio
+from celeba_common.cli import UserError
+from preprocessing import schema, tfrecord
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
@@ -63,27 +64,10 @@ def verify_shards(data_dir: str, manifest: dict, splits: Optional[List[str]] = N
                 problems[shard["file"]] = "sha256 differs from the manifest (altered)"
                 continue
             if check_records:
-                count = count_records(path)
+                count = tfrecord.count_records(path)
                 if count != shard["num_records"]:
                     problems[shard["file"]] = f"{count} records, manifest says {shard['num_records']}"
     return problems
-
-
-def count_records(path: str) -> int:
-    """Counts the records of a TFRecord file by walking its length headers."""
-    import struct
-
-    count = 0
-    with fileio.open_read(path) as f:
-        while True:
-            header = f.read(12)
-            if not header:
-                return count
-            if len(header) < 12:
-                return -1
-            (length,) = struct.unpack("<Q", header[:8])
-            f.seek(length + 4, 1)
-            count += 1
 
 
 def load_verified(data_dir: str, splits: Optional[List[str]] = None) -> dict:

@@ -22,39 +22,22 @@ import socket
 import subprocess
 import time
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from preprocessing import celeba, fileio, schema, splits
-from preprocessing.cli import UserError
+from celeba_common import fileio
+from celeba_common.cli import UserError
+from preprocessing import beam_compat, celeba, schema, splits, tfrecord
+from preprocessing.config import Config
 from preprocessing.manifest import MANIFEST, SUCCESS, write_json
-from preprocessing.transform import ImageError, transform_image
+from preprocessing.transform import ImageError, transform_image, use_one_thread
 
 LOG = logging.getLogger("preprocessing")
 TARGET_SHARD_BYTES = 150 * 1024 * 1024
 CHUNK_SIZE = 256
 _META, _CHUNKS = ".meta", ".chunks"
 _LABEL_INDEX = schema.ATTRIBUTE_NAMES.index(schema.LABEL_ATTRIBUTE)
-
-
-@dataclasses.dataclass
-class Config:
-    """Everything the job needs besides Beam's own options."""
-    celeba_dir: str
-    output_dir: str
-    split_sizes: str = splits.DEFAULT_SPLIT_SIZES
-    seed: int = 20150401
-    balance: bool = False
-    image_size: int = 224
-    resize_mode: str = "crop"
-    jpeg_quality: int = 95
-    num_shards: int = 0  # per split; 0 = from the data size
-    name: str = "celeba"
-    overwrite: bool = False
-    source: str = "folder"  # folder | tfds
-    tfds_data_dir: Optional[str] = None
 
 
 def default_num_shards(total_bytes: int) -> int:
@@ -79,14 +62,42 @@ def code_version() -> str:
     return f"{version}+{commit}" if commit else version
 
 
+# --- what flows through the graph ---------------------------------------------------------------------------------
+
+class Located(NamedTuple):
+    """Where one transformed image's serialized Example sits in the chunk files, and what the planner needs."""
+    group: int  # index of its splits.Group
+    position: int  # rank within the group (0 = best)
+    chunk_id: int
+    offset: int  # byte offset in chunk-<chunk_id>
+    length: int
+    label: int
+    name: str
+
+
+class DeadLetter(NamedTuple):
+    """An image left out, and why (errors.jsonl)."""
+    name: str
+    stage: str  # read | decode
+    reason: str
+
+
+class ShardPlan(NamedTuple):
+    """One output shard: its split, index, count, and the records to copy into it in order."""
+    split: str
+    shard: int
+    num_shards: int
+    records: List[Located]
+
+
 # --- Beam transforms ---------------------------------------------------------------------------------------------
 
 class TransformChunk(beam.DoFn):
     """chunk_id -> one chunk file of serialized Examples, for the candidates of that chunk.
 
     The candidates themselves come from a JSON file the driver wrote (read once per worker in setup), so the graph
-    stays small for any dataset size. Main output: (group, position, chunk_id, offset, length, label, name) per
-    readable image. Output 'errors': {name, stage, reason} per image left out (the dead letters).
+    stays small for any dataset size. One output: a Located per readable image, a DeadLetter per image left out
+    (one output with two element types rather than tagged outputs, which not every runner separates: Dask's).
     """
 
     def __init__(self, source: celeba.ImageSource, candidates_path: str, chunk_dir: str, image_size: int,
@@ -97,6 +108,7 @@ class TransformChunk(beam.DoFn):
         self.failed = beam.metrics.Metrics.counter("records", "images_left_out")
 
     def setup(self):
+        use_one_thread()
         self._chunks = json.loads(fileio.read_bytes(self.candidates_path))
         self._done, self._start, self._next_log = 0, time.time(), 2000
 
@@ -122,7 +134,7 @@ class TransformChunk(beam.DoFn):
                 label = bits[_LABEL_INDEX]
                 record = schema.encode_example(jpeg, self.image_size, self.image_size, name, label, bits)
                 out.write(record)
-                yield (group, position, chunk_id, offset, len(record), label, name)
+                yield Located(group, position, chunk_id, offset, len(record), label, name)
                 offset += len(record)
         self.images.inc(len(items))
         self._done += len(items)
@@ -131,25 +143,25 @@ class TransformChunk(beam.DoFn):
             LOG.info("worker %d: %d images transformed, %.0f images/s", os.getpid(), self._done, rate)
             self._next_log += 2000
 
-    def _dead_letter(self, name: str, stage: str, reason: str):
+    def _dead_letter(self, name: str, stage: str, reason: str) -> DeadLetter:
         self.failed.inc()
-        return beam.pvalue.TaggedOutput("errors", {"name": name, "stage": stage, "reason": reason})
+        return DeadLetter(name, stage, reason)
 
 
-def plan_shards(located: List[tuple], groups: List[dict], seed: int, num_shards: int,
-                meta_dir: str) -> Iterable[dict]:
+def plan_shards(located: List[Located], groups: List[dict], seed: int, num_shards: int,
+                meta_dir: str) -> Iterable[ShardPlan]:
     """Keeps the first `target` readable images of each group by rank and cuts each split into shards.
 
     Writes the selection (names, label counts, shortfalls) to meta_dir; yields one plan per shard, or none when
     a split falls short (the driver then fails the job with the shortfall).
     """
-    by_group: Dict[int, List[tuple]] = {}
+    by_group: Dict[int, List[Located]] = {}
     for item in located:
-        by_group.setdefault(item[0], []).append(item)
-    per_split: Dict[str, List[tuple]] = {}
+        by_group.setdefault(item.group, []).append(item)
+    per_split: Dict[str, List[Located]] = {}
     shortfalls = []
     for index, group in enumerate(groups):
-        found = sorted(by_group.get(index, []), key=lambda item: item[1])
+        found = sorted(by_group.get(index, []), key=lambda item: item.position)
         target = group["target"]
         if target is not None and len(found) < target:
             shortfalls.append({"split": group["split"], "label": group["label"], "wanted": target,
@@ -159,16 +171,15 @@ def plan_shards(located: List[tuple], groups: List[dict], seed: int, num_shards:
     selection = {"shortfalls": shortfalls, "splits": {}}
     plans = []
     for split, items in per_split.items():
-        items.sort(key=lambda item: splits.rank_key(item[6], seed))  # merges balanced groups by rank
-        total = sum(item[4] for item in items)
+        items.sort(key=lambda item: splits.rank_key(item.name, seed))  # merges balanced groups by rank
+        total = sum(item.length for item in items)
         n = num_shards or default_num_shards(total)
         n = max(1, min(n, len(items)))
-        names = [item[6] for item in items]
-        selection["splits"][split] = {"names": names, "labels": [item[5] for item in items]}
+        selection["splits"][split] = {"names": [item.name for item in items],
+                                      "labels": [item.label for item in items]}
         for shard in range(n):
             lo, hi = shard * len(items) // n, (shard + 1) * len(items) // n
-            plans.append({"split": split, "shard": shard, "num_shards": n,
-                          "records": [item[2:] for item in items[lo:hi]]})
+            plans.append(ShardPlan(split, shard, n, items[lo:hi]))
     write_json(fileio.join(meta_dir, "selection.json"), selection)
     if shortfalls:
         return []
@@ -181,28 +192,27 @@ class WriteShard(beam.DoFn):
     def __init__(self, output_dir: str, chunk_dir: str, meta_dir: str, name: str):
         self.output_dir, self.chunk_dir, self.meta_dir, self.name = output_dir, chunk_dir, meta_dir, name
 
-    def process(self, plan):
-        from apache_beam.io.tfrecordio import _TFRecordUtil  # TFRecord framing with masked crc32c
-
-        file_name = schema.shard_name(self.name, plan["split"], plan["shard"], plan["num_shards"])
+    def process(self, plan: ShardPlan):
+        file_name = schema.shard_name(self.name, plan.split, plan.shard, plan.num_shards)
         digest, labels, handles = hashlib.sha256(), [0, 0], {}
         hashing = _HashingWriter(fileio.open_write(fileio.join(self.output_dir, file_name)), digest)
         try:
-            for chunk_id, offset, length, label, _ in plan["records"]:
-                if chunk_id not in handles:
-                    handles[chunk_id] = fileio.open_read(fileio.join(self.chunk_dir, f"chunk-{chunk_id:06d}"))
-                source = handles[chunk_id]
-                source.seek(offset)
-                _TFRecordUtil.write_record(hashing, source.read(length))
-                labels[label] += 1
+            for record in plan.records:
+                if record.chunk_id not in handles:
+                    handles[record.chunk_id] = fileio.open_read(
+                        fileio.join(self.chunk_dir, f"chunk-{record.chunk_id:06d}"))
+                source = handles[record.chunk_id]
+                source.seek(record.offset)
+                tfrecord.write_record(hashing, source.read(record.length))
+                labels[record.label] += 1
         finally:
             hashing.close()
             for handle in handles.values():
                 handle.close()
-        stats = {"split": plan["split"], "index": plan["shard"], "file": file_name,
-                 "num_records": len(plan["records"]), "bytes": hashing.bytes, "sha256": digest.hexdigest(),
+        stats = {"split": plan.split, "index": plan.shard, "file": file_name,
+                 "num_records": len(plan.records), "bytes": hashing.bytes, "sha256": digest.hexdigest(),
                  "labels": {"0": labels[0], "1": labels[1]}}
-        write_json(fileio.join(self.meta_dir, f"shard-{plan['split']}-{plan['shard']:05d}.json"), stats)
+        write_json(fileio.join(self.meta_dir, f"shard-{plan.split}-{plan.shard:05d}.json"), stats)
         yield stats
 
 
@@ -219,8 +229,9 @@ class _HashingWriter:
         self.handle.close()
 
 
-def write_errors(errors: List[dict], meta_dir: str) -> None:
-    write_json(fileio.join(meta_dir, "errors.json"), sorted(errors, key=lambda e: (e["name"], e["stage"])))
+def write_errors(errors: List[DeadLetter], meta_dir: str) -> None:
+    rows = [error._asdict() for error in sorted(errors, key=lambda e: (e.name, e.stage))]
+    write_json(fileio.join(meta_dir, "errors.json"), rows)
 
 
 def _chunks(groups: Sequence[splits.Group]) -> List[list]:
@@ -228,6 +239,10 @@ def _chunks(groups: Sequence[splits.Group]) -> List[list]:
     items = [(g, position, row.name, "".join("1" if a == 1 else "0" for a in row.attributes))
              for g, group in enumerate(groups) for position, row in enumerate(group.candidates)]
     return [items[i:i + CHUNK_SIZE] for i in range(0, len(items), CHUNK_SIZE)]
+
+
+def _is_instance(item, kind) -> bool:
+    return isinstance(item, kind)
 
 
 def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: celeba.ImageSource,
@@ -243,12 +258,13 @@ def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: cel
         p
         | "CreateChunks" >> beam.Create(list(range(len(chunks))), reshuffle=True)
         | "TransformChunks" >> beam.ParDo(TransformChunk(source, candidates_path, chunk_dir, config.image_size,
-                                                         config.resize_mode, config.jpeg_quality)
-                                          ).with_outputs("errors", main="located"))
-    _ = (transformed.errors
+                                                         config.resize_mode, config.jpeg_quality)))
+    _ = (transformed
+         | "DeadLetters" >> beam.Filter(_is_instance, DeadLetter)
          | "CollectErrors" >> beam.combiners.ToList()
          | "WriteErrors" >> beam.Map(write_errors, meta_dir))
-    _ = (transformed.located
+    _ = (transformed
+         | "Readable" >> beam.Filter(_is_instance, Located)
          | "CollectLocations" >> beam.combiners.ToList()
          | "PlanShards" >> beam.FlatMap(plan_shards, group_info, config.seed, config.num_shards, meta_dir)
          | "SpreadShards" >> beam.Reshuffle()
@@ -257,43 +273,9 @@ def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: cel
 
 # --- the driver --------------------------------------------------------------------------------------------------
 
-def _beam_options(beam_args: Sequence[str], num_candidates: int) -> Tuple[PipelineOptions, Optional[object]]:
-    """Beam options from the leftover flags; a local run uses the in-process FnApiRunner (no Prism download)."""
-    options = PipelineOptions(list(beam_args))
-    runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "direct"):
-        return options, None
-    from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    direct = options.view_as(DirectOptions)
-    if not any(a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in beam_args):
-        # Local default: one worker process per core once the data is big enough to pay for their start-up.
-        if num_candidates >= 4 * CHUNK_SIZE and (os.cpu_count() or 1) > 1:
-            direct.direct_running_mode = "multi_processing"
-            direct.direct_num_workers = os.cpu_count()
-    if direct.direct_running_mode == "multi_processing":  # worker processes: our progress, not Beam's chatter
-        worker = options.view_as(WorkerOptions)
-        worker.default_sdk_harness_log_level = worker.default_sdk_harness_log_level or "WARNING"
-        worker.sdk_harness_log_level_overrides = {"preprocessing": "INFO",
-                                                  **(worker.sdk_harness_log_level_overrides or {})}
-    # As DirectRunner does it, minus its Prism attempt: the options reach the worker processes too.
-    provision = beam_provision_api_pb2.ProvisionInfo(
-        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True)))
-    return options, fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
-
-
 def check_beam_args(args: Sequence[str]) -> None:
     """Unknown flags go to Beam; ones Beam does not know either are typos, reported here (Beam would drop them)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(list(args))
-    unknown = [a for a in unknown if a.startswith("-")]
+    unknown = beam_compat.unknown_beam_flags(args)
     if unknown:
         raise UserError(f"unknown flag {unknown[0]} (neither this job's nor Beam's); see --helpshort")
 
@@ -308,23 +290,6 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
                 fileio.join(output_dir, SUCCESS)):
             raise UserError(f"output folder {output_dir} is not a dataset of this job (no {MANIFEST}); "
                             f"refusing to --overwrite it")
-
-
-def _validate(config: Config) -> None:
-    from preprocessing.transform import RESIZE_MODES
-
-    if not 16 <= config.image_size <= 4096:
-        raise UserError(f"--image_size={config.image_size}: expected 16..4096")
-    if config.resize_mode not in RESIZE_MODES:
-        raise UserError(f"--resize_mode={config.resize_mode}: expected one of {', '.join(RESIZE_MODES)}")
-    if not 1 <= config.jpeg_quality <= 100:
-        raise UserError(f"--jpeg_quality={config.jpeg_quality}: expected 1..100")
-    if config.num_shards < 0:
-        raise UserError(f"--num_shards={config.num_shards}: expected 0 (automatic) or more")
-    if not config.name or any(c in config.name for c in "/\\ -"):
-        raise UserError(f"--name={config.name!r}: expected a non-empty name without '/', '-' or spaces")
-    if config.source not in ("folder", "tfds"):
-        raise UserError(f"--source={config.source}: expected folder or tfds")
 
 
 def _remove_abandoned_work_dirs(output_dir: str) -> None:
@@ -353,7 +318,7 @@ def _remove_abandoned_work_dirs(output_dir: str) -> None:
 def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     """Builds the dataset described by `config` in config.output_dir; returns the manifest. Raises UserError."""
     start = time.time()
-    _validate(config)
+    config.validate()
     sizes = splits.parse_split_sizes(config.split_sizes)
     _check_output_dir(config.output_dir, config.overwrite)
     work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
@@ -381,7 +346,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
         LOG.info("%d images listed; %d candidates for %s", len(rows), num_candidates,
                  ", ".join(f"{g.split}{'' if g.label is None else '/' + schema.CLASS_NAMES[g.label]}="
                            f"{g.target if g.target is not None else 'all'}" for g in groups))
-        options, runner = _beam_options(beam_args, num_candidates)
+        options, runner = beam_compat.pipeline_options(beam_args, num_candidates >= 4 * CHUNK_SIZE)
         with beam.Pipeline(runner=runner, options=options) as p:
             build_pipeline(p, groups, source, config, work_dir)
         manifest = _finish(config, work_dir, source_info, start)
@@ -391,19 +356,27 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     return manifest
 
 
+def _refuse_shortfall(selection: dict, errors: List[dict]) -> None:
+    """UserError naming the first split that fell short, after logging the dead letters (they go with the work
+    folder)."""
+    if not selection["shortfalls"]:
+        return
+    for error in errors[:20]:
+        LOG.warning("left out %s (%s): %s", error["name"], error["stage"], error["reason"])
+    s = selection["shortfalls"][0]
+    what = s["split"] if s["label"] is None else f"{s['split']} ({schema.CLASS_NAMES[s['label']]})"
+    raise UserError(f"split {what} is {s['wanted'] - s['readable']} images short: {s['wanted']} wanted, "
+                    f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} images left out, "
+                    f"listed above); no dataset written")
+
+
 def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> dict:
+    """Writes manifest.json, splits/*.txt and errors.jsonl, then publishes work_dir as the output folder."""
     meta_dir = fileio.join(work_dir, _META)
     selection = json.loads(fileio.read_bytes(fileio.join(meta_dir, "selection.json")))
     errors_path = fileio.join(meta_dir, "errors.json")
     errors = json.loads(fileio.read_bytes(errors_path)) if fileio.exists(errors_path) else []
-    if selection["shortfalls"]:
-        for error in errors[:20]:  # the dead letters go with the work folder: show them first
-            LOG.warning("left out %s (%s): %s", error["name"], error["stage"], error["reason"])
-        s = selection["shortfalls"][0]
-        what = s["split"] if s["label"] is None else f"{s['split']} ({schema.CLASS_NAMES[s['label']]})"
-        raise UserError(f"split {what} is {s['wanted'] - s['readable']} images short: {s['wanted']} wanted, "
-                        f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} images left out, "
-                        f"listed above); no dataset written")
+    _refuse_shortfall(selection, errors)
     shard_stats: Dict[str, List[dict]] = {}
     for name in fileio.listdir(meta_dir):
         if name.startswith("shard-"):

@@ -127,9 +127,3 @@ def parse_example(serialized):
 
     return tf.io.parse_single_example(serialized, feature_spec())
 
-
-def parse_examples(serialized):
-    """Parses a batch (a vector of serialized Examples) into a dict of tensors."""
-    import tensorflow as tf
-
-    return tf.io.parse_example(serialized, feature_spec())

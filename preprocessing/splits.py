@@ -12,8 +12,8 @@ import hashlib
 import math
 from typing import Dict, List, Optional, Sequence
 
+from celeba_common.cli import UserError
 from preprocessing.celeba import Row
-from preprocessing.cli import UserError
 from preprocessing.schema import CLASS_NAMES, SPLITS
 
 DEFAULT_SPLIT_SIZES = "24000,3000,3000"

@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw
 
-from preprocessing.cli import UserError, run_main
+from celeba_common.cli import UserError, run_main
 from preprocessing.schema import ATTRIBUTE_NAMES
 
 WIDTH, HEIGHT = 178, 218  # img_align_celeba's size
@@ -198,8 +198,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    _define_flags()
-    run_main(main)
+    run_main(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

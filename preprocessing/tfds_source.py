@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Tuple
 
-from preprocessing import celeba, fileio, schema, splits
-from preprocessing.cli import UserError
+from celeba_common import fileio
+from celeba_common.cli import UserError
+from preprocessing import celeba, schema, splits
 
 DATASET = "celeb_a"
 STAGING = ".source"

@@ -6,7 +6,6 @@ about, so a model never sees a different crop, resize or JPEG re-encode at servi
 from __future__ import annotations
 
 import io
-import warnings
 
 import cv2
 import numpy as np
@@ -15,12 +14,12 @@ from PIL import Image, ImageOps
 RESIZE_MODES = ("crop", "pad", "stretch")
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_JPEG_QUALITY = 95
-# OpenCV resizes about 6x faster than Pillow (SIMD); one thread per process, since the records job already runs
-# one process per core.
-cv2.setNumThreads(1)
 
-# Decompression-bomb protection stays on, but as an error (dead-lettered) rather than a warning.
-warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+def use_one_thread() -> None:
+    """OpenCV resizes about 6x faster than Pillow (SIMD), on one thread per process: the records job calls this in
+    its workers, since it already runs one process per core."""
+    cv2.setNumThreads(1)
 
 
 class ImageError(ValueError):
@@ -35,6 +34,10 @@ def decode_rgb(data: bytes, min_side: int = 0) -> Image.Image:
     """
     try:
         image = Image.open(io.BytesIO(data))
+        if image.size[0] * image.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")):
+            # Pillow only warns below twice its limit; we refuse (the image is dead-lettered) from the limit on.
+            raise Image.DecompressionBombError(f"{image.size[0]}x{image.size[1]} pixels exceed the limit of "
+                                               f"{Image.MAX_IMAGE_PIXELS}")
         if min_side and image.format == "JPEG":
             image.draft("RGB", (min_side, min_side))
         image.load()

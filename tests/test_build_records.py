@@ -1,8 +1,10 @@
 """End-to-end runs of the records job on synthetic CelebA downloads."""
 import glob
+import importlib.metadata
 import json
 import os
 import shutil
+import subprocess
 import zipfile
 
 import numpy as np
@@ -10,11 +12,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import assert_one_line_error, build, run_cli
-from preprocessing import celeba, manifest as manifest_lib, schema
-from preprocessing.cli import UserError
+from celeba_common.cli import UserError
+from preprocessing import celeba, manifest as manifest_lib, schema, tfrecord
 from preprocessing.synthetic_celeba import write_lists
 from preprocessing.transform import transform_image
+
+from conftest import ROOT, assert_one_line_error, build, run_cli
 
 
 def _shard_digests(data_dir):
@@ -42,12 +45,16 @@ def test_outputs_and_manifest(records_dir, celeba_txt):
         assert sum(s["num_records"] for s in info["shards"]) == info["num_examples"]
         assert int(info["labels"]["0"]) + int(info["labels"]["1"]) == info["num_examples"]
         for shard in info["shards"]:
-            assert manifest_lib.count_records(os.path.join(records_dir, shard["file"])) == shard["num_records"]
+            assert tfrecord.count_records(os.path.join(records_dir, shard["file"])) == shard["num_records"]
         assert len(_names(records_dir, split)) == info["num_examples"]
     assert manifest["image_size"] == 32 and manifest["attribute_names"] == list(schema.ATTRIBUTE_NAMES)
     assert manifest["source"]["attributes_sha256"] == celeba.fingerprint(
         os.path.join(celeba_txt, "list_attr_celeba.txt"))
-    assert manifest["flags"]["split_sizes"] == "120,20,20" and manifest["code_version"]
+    assert manifest["flags"]["split_sizes"] == "120,20,20"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    version = importlib.metadata.version("celeba-tfrecords")
+    assert manifest["code_version"] == (f"{version}+{commit}" if commit else version)
     assert open(os.path.join(records_dir, "errors.jsonl")).read() == ""
     assert not glob.glob(records_dir + ".partial-*")
 

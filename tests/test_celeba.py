@@ -4,8 +4,8 @@ import zipfile
 
 import pytest
 
+from celeba_common.cli import UserError
 from preprocessing import celeba
-from preprocessing.cli import UserError
 from preprocessing.schema import ATTRIBUTE_NAMES
 from preprocessing.synthetic_celeba import write_lists
 

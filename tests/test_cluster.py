@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from preprocessing.cli import UserError
+from celeba_common.cli import UserError
 from trainer import cluster
 
 SPEC = {"cluster": {"workerpool0": ["chief:2222"], "workerpool1": ["w0:2222", "w1:2222"]},

@@ -2,6 +2,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 from conftest import ROOT, TRAIN_ARGS, assert_one_line_error, run_cli
 
@@ -57,3 +59,24 @@ def test_batch_must_divide_by_replicas(records_dir, tmp_path):
     proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}",
                    "--num_cpu_devices=2", "--strategy=mirrored", "--batch_size=7", "--weights=none")
     assert_one_line_error(proc, "--batch_size=7", "2 replicas")
+
+
+def test_sigkill_to_the_launcher_leaves_no_worker(tmp_path):
+    import psutil
+
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
+    launcher = subprocess.Popen([sys.executable, "-m", "launch.local_cluster", "--num_workers=2", "--module=sleeper"],
+                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    started = 0
+    while started < 2:
+        line = launcher.stdout.readline()
+        assert line, "the launcher ended before its workers started"
+        started += "started" in line
+    workers = psutil.Process(launcher.pid).children()
+    assert len(workers) == 2
+    launcher.kill()
+    launcher.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]

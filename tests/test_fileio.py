@@ -3,7 +3,7 @@ import hashlib
 
 import tensorflow as tf  # noqa: F401  (loaded: remote paths go through tf.io.gfile)
 
-from preprocessing import fileio
+from celeba_common import fileio
 
 
 def test_remote_paths_round_trip():

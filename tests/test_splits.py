@@ -1,8 +1,10 @@
+import hashlib
+
 import pytest
 
+from celeba_common.cli import UserError
 from preprocessing import splits
 from preprocessing.celeba import Row
-from preprocessing.cli import UserError
 from preprocessing.schema import ATTRIBUTE_NAMES
 
 MALE = ATTRIBUTE_NAMES.index("Male")
@@ -45,7 +47,11 @@ def test_selection_is_stable_and_seeded():
     assert a == _wanted(splits.select_candidates(list(reversed(rows)), sizes, seed=1))  # input order irrelevant
     b = _wanted(splits.select_candidates(rows, sizes, seed=2))
     assert a != b
-    assert splits.rank_key("000001.jpg", 1) == splits.rank_key("000001.jpg", 1)
+    # the order is the seeded sha256 ranking (never Python's salted hash()), best rank first
+    train_names = [r.name for r in rows if r.partition == "train"]
+    assert a[("train", None)] == sorted(train_names, key=lambda n: splits.rank_key(n, 1))[:100]
+    assert splits.rank_key("000001.jpg", 1) == hashlib.sha256(b"1/000001.jpg").digest()
+    assert splits.rank_key("000001.jpg", 1) != splits.rank_key("000001.jpg", 2)
 
 
 def test_growing_a_split_keeps_the_smaller_selection():

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import data, model as model_lib
-from trainer.train import Trainer, TrainConfig, build_feature_cache, predict
+from trainer import data, feature_cache, model as model_lib
+from trainer.config import TrainConfig
+from trainer.steps import make_forward, make_train_step, predict
+from trainer.train import Trainer
 
 
 @pytest.fixture
@@ -30,11 +32,11 @@ def test_precision_keeps_float32_variables_and_output(records_dir, tmp_path, pol
     assert model_lib.backbone(net).layers[1].compute_dtype == compute
     images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("uint8")
     assert net(images).dtype == tf.float32
-    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    optimizer = trainer.optimizers["optimizer"]
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
     # one real training step in this precision
-    dataset_fn = trainer._streaming_dataset(True, "train")
-    step = __import__("trainer.train", fromlist=["_train_step_fn"])._train_step_fn(
-        trainer.strategy, net, trainer.optimizer, 8, trainer.loss_scaling)
+    dataset_fn = data.streaming_dataset_fn(trainer.config, trainer.info, "train", training=True)
+    step = make_train_step(trainer.strategy, net, optimizer, 8, trainer.loss_scaling)
     before = [w.numpy().copy() for w in net.trainable_weights]
     loss, _ = step(iter(trainer.strategy.distribute_datasets_from_function(dataset_fn)))
     assert np.isfinite(float(loss))
@@ -45,17 +47,22 @@ def test_feature_cache_matches_streaming(records_dir, tmp_path, policy):
     policy("mixed_bfloat16")
     info = data.load(records_dir)
     net = model_lib.build_model(32, "none", (16,), 0.0, "flatten", seed=1)
-    cached = build_feature_cache(net, info, "test", str(tmp_path / "cache"), batch_size=8)
+    path = str(tmp_path / "cache")
+    cached = feature_cache.build_split(net, info, "test", path, batch_size=8)
     features = np.stack([f.numpy() for f, _ in cached])
     images = np.concatenate([x.numpy() for x, _ in data.make_dataset_fn(info.files("test"), 32, 8, False)()])
     streamed = model_lib.feature_model(net).predict(images, verbose=0)
     assert features.shape == streamed.shape == (20, 512)
     np.testing.assert_array_equal(features.astype(np.float32), streamed.astype(np.float32))
-    head_probs, _ = predict(model_lib.head_model(net), cached.batch(8))
+    head_probs, _ = predict(make_forward(model_lib.head_model(net)), cached.batch(8))
     np.testing.assert_allclose(head_probs, net.predict(images, verbose=0), atol=1e-6)
-    # a second call reuses the saved features
-    again = build_feature_cache(net, info, "test", str(tmp_path / "cache"), batch_size=8)
-    assert again.cardinality().numpy() == cached.cardinality().numpy()
+    # a second call reuses the saved features: no file is written again, and they load the same
+    files = sorted(p for p in tmp_path.joinpath("cache").rglob("*") if p.is_file())
+    stamps = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files}
+    again = feature_cache.build_split(net, info, "test", path, batch_size=8)
+    assert sorted(p for p in tmp_path.joinpath("cache").rglob("*") if p.is_file()) == files
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files} == stamps
+    np.testing.assert_array_equal(np.stack([f.numpy() for f, _ in again]), features)
 
 
 def test_fine_tune_unfreezes_from_layer():
@@ -80,7 +87,8 @@ def test_weights_from_a_local_file(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(records_dir, tmp_path, monkeypatch, policy):
     import trainer.train as train_lib
 
-    real, calls = train_lib._train_step_fn, {"n": 0}
+    # Fault injection (a stand-in for a real overflow): the compiled step is wrapped to report NaN from step 4 on.
+    real, calls = train_lib.make_train_step, {"n": 0}
 
     def poisoned(*args, **kwargs):
         step = real(*args, **kwargs)
@@ -92,18 +100,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(records_dir, t
 
         return run
 
-    monkeypatch.setattr(train_lib, "_train_step_fn", poisoned)
+    monkeypatch.setattr(train_lib, "make_train_step", poisoned)
     trainer = _trainer(records_dir, tmp_path, steps_per_epoch=3, feature_cache="off")
     trainer.config.epochs = 3
     with pytest.raises(train_lib.NonFiniteLoss, match="loss became nan at epoch 2, step 1"):
         trainer.train()
-    assert trainer.manager.latest_checkpoint.endswith("ckpt-1")
-    assert int(trainer.epoch.numpy()) == 1
+    assert trainer.checkpoints.latest.endswith("ckpt-1")
+    assert int(trainer.state.epoch.numpy()) == 1
 
 
 def test_remote_model_dir(records_dir, policy):
     """A gs://-style model_dir (TensorFlow's ram:// filesystem here) gets every output."""
-    from preprocessing import fileio
+    from celeba_common import fileio
 
     model_dir = "ram://trainer_test/run"
     config = TrainConfig(data_dir=records_dir, model_dir=model_dir, weights="none", batch_size=8, head_units=(8,),

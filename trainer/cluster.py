@@ -9,7 +9,7 @@ import json
 import os
 from typing import Optional
 
-from preprocessing.cli import UserError
+from celeba_common.cli import UserError
 
 _POOL_TO_TASK = {"workerpool0": "chief", "workerpool1": "worker", "workerpool2": "ps", "workerpool3": "evaluator"}
 

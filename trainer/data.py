@@ -14,6 +14,7 @@ from typing import Callable, List, Optional
 
 import tensorflow as tf
 
+from celeba_common.cli import UserError
 from preprocessing import manifest as manifest_lib, schema
 
 LOG = logging.getLogger("trainer")
@@ -45,6 +46,18 @@ def load(data_dir: str, verify: bool = True) -> DatasetInfo:
     return DatasetInfo(data_dir, manifest)
 
 
+def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetInfo:
+    """load(), plus what training needs: train and validation splits, and a train split of >= one batch."""
+    info = load(data_dir, verify=verify)
+    for split in ("train", "validation"):
+        if not info.has(split):
+            raise UserError(f"data folder {data_dir} has no {split} split")
+    if batch_size > info.num_examples("train"):
+        raise UserError(f"--batch_size={batch_size} is larger than the train split "
+                        f"({info.num_examples('train')} images)")
+    return info
+
+
 def decode(serialized, image_size: int, with_extras: bool = False):
     """One serialized Example -> (uint8 image [S, S, 3], one-hot label [2]) (+ extras dict with attributes)."""
     parsed = schema.parse_example(serialized)
@@ -63,13 +76,19 @@ def augment(image, label, *rest):
 
 def fits_in_memory(num_examples: int, image_size: int, fraction: float = 0.5) -> bool:
     """Whether decoded uint8 images would take under `fraction` of the available memory."""
-    try:
-        import psutil
+    return num_examples * image_size * image_size * 3 < fraction * _available_memory()
 
-        available = psutil.virtual_memory().available
-    except ImportError:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return num_examples * image_size * image_size * 3 < fraction * available
+
+def _available_memory() -> int:
+    """MemAvailable on Linux (free + reclaimable cache), else the free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, training: bool,
@@ -116,3 +135,12 @@ def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, t
         return ds.with_options(options).prefetch(AUTOTUNE)
 
     return dataset_fn
+
+
+def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool) -> Callable:
+    """make_dataset_fn with a TrainConfig's settings (augment and --cache apply to training only)."""
+    num_train = info.num_examples("train")
+    return make_dataset_fn(
+        info.files(split), info.image_size, config.batch_size, training=training,
+        shuffle_buffer=config.shuffle_buffer, augment_images=config.augment and training,
+        cache=config.cache and training and fits_in_memory(num_train, info.image_size), seed=config.seed)

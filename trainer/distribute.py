@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from preprocessing.cli import UserError
+from celeba_common.cli import UserError
 from trainer import cluster
+from trainer.config import CROSS_DEVICE_OPS, PRECISIONS, STRATEGIES
 
 LOG = logging.getLogger("trainer")
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical_copy", "reduction_to_one_device")
 
 
 def split_cpu(num_devices: int) -> None:
@@ -61,6 +59,15 @@ def make_strategy(name: str = "auto", cross_device_ops: str = "auto"):
         return tf.distribute.MirroredStrategy(devices=devices,
                                               cross_device_ops=_cross_device_ops(cross_device_ops))
     return tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
+
+
+def check_global_batch(strategy, batch_size: int) -> int:
+    """The number of replicas in sync; UserError when the global batch does not split evenly over them."""
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise UserError(f"--batch_size={batch_size} does not divide by the {replicas} replicas in sync; use a "
+                        f"multiple of {replicas}")
+    return replicas
 
 
 def strategy_name(strategy) -> str:

@@ -7,50 +7,59 @@ Prints accuracy, loss and ROC AUC, and writes metrics_<split>.json and confusion
 """
 from __future__ import annotations
 
-import os
-from typing import Sequence
+import dataclasses
+from typing import Optional, Sequence
 
-from absl import flags
+from celeba_common.cli import UserError, run_main
+from celeba_common.flagdefs import define_flags, from_flags, option
+from preprocessing.schema import SPLITS
+from trainer.config import DEFAULT_MODEL_DIR
 
-from preprocessing.cli import UserError, run_main
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", os.path.join("runs", "celeba"), "A trainer.main output folder.")
-flags.DEFINE_string("data_dir", None, "Dataset to evaluate on (default: the one the model was trained on).")
-flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)
+@dataclasses.dataclass
+class EvaluateConfig:
+    model_dir: str = option(DEFAULT_MODEL_DIR, "A trainer.main output folder.")
+    data_dir: Optional[str] = option(None, "Dataset to evaluate on (default: the one the model was trained on).")
+    split: str = option("test", "Split to evaluate.", choices=SPLITS)
+    batch_size: int = option(64, "Batch size.", lower_bound=1)
+
+
+def run(config: EvaluateConfig) -> dict:
+    """Evaluates model_dir's model on config.split; writes metrics_<split>.json; returns the metrics."""
+    from trainer.model import load_trained, trained_metrics
+
+    data_dir = config.data_dir or trained_metrics(config.model_dir).get("data_dir")
+    if not data_dir:
+        raise UserError(f"pass --data_dir: {config.model_dir} does not say which data it was trained on")
+    from trainer import data
+    from trainer.evaluation import evaluate_model, save_evaluation
+
+    info = data.load(data_dir)
+    if not info.has(config.split):
+        raise UserError(f"data folder {data_dir} has no {config.split} split")
+    model = load_trained(config.model_dir)
+    expected = model.input_shape[1]
+    if expected != info.image_size:
+        raise UserError(f"the model takes {expected} px images but {data_dir} holds {info.image_size} px images")
+    result = evaluate_model(model, info, config.split, config.batch_size)
+    result["data_dir"] = data_dir
+    save_evaluation(result, config.model_dir, suffix=f"_{config.split}")
+    return result
 
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
-    from trainer.model import load_trained, trained_metrics
-
-    trained = trained_metrics(FLAGS.model_dir)
-    data_dir = FLAGS.data_dir or trained.get("data_dir")
-    if not data_dir:
-        raise UserError(f"pass --data_dir: {FLAGS.model_dir} does not say which data it was trained on")
-    from trainer import data
-    from trainer.train import evaluate_model, save_evaluation
-
-    info = data.load(data_dir)
-    if not info.has(FLAGS.split):
-        raise UserError(f"data folder {data_dir} has no {FLAGS.split} split")
-    model = load_trained(FLAGS.model_dir)
-    expected = model.input_shape[1]
-    if expected != info.image_size:
-        raise UserError(f"the model takes {expected} px images but {data_dir} holds {info.image_size} px images")
-    result = evaluate_model(model, info, FLAGS.split, FLAGS.batch_size)
-    result["data_dir"] = data_dir
-    save_evaluation(result, FLAGS.model_dir, suffix=f"_{FLAGS.split}")
-    split = FLAGS.split
+    config = from_flags(EvaluateConfig)
+    result = run(config)
+    split = config.split
     print(f"{split} accuracy {result[f'{split}_accuracy']:.4f}  loss {result[f'{split}_loss']:.4f}  "
-          f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images from {data_dir})")
+          f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images from {result['data_dir']})")
     return 0
 
 
 def cli() -> None:
-    run_main(main, tensorflow=True)
+    run_main(main, define_flags=lambda: define_flags(EvaluateConfig), tensorflow=True)
 
 
 if __name__ == "__main__":

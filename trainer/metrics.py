@@ -1,13 +1,14 @@
-"""Test metrics (accuracy, per-class precision/recall, confusion matrix, ROC AUC, attribute slices) and plots."""
+"""What a run reports: test metrics (accuracy, per-class precision/recall, confusion matrix, ROC AUC, attribute
+slices), the per-epoch history (history.csv, learning curves, TensorBoard) and the plots."""
 from __future__ import annotations
 
 import csv
 import io
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from preprocessing import fileio
+from celeba_common import fileio
 from preprocessing.schema import ATTRIBUTE_NAMES, CLASS_NAMES
 
 
@@ -96,10 +97,47 @@ def plot_confusion_matrix(matrix: List[List[int]], path: str, title: str = "Test
     plt.close(fig)
 
 
+HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
+                  "images_per_sec", "feature_cache")
+SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_sec", "epoch_seconds")
+
+
 def read_history(path: str) -> List[dict]:
     if not fileio.exists(path):
         return []
     return list(csv.DictReader(io.StringIO(fileio.read_bytes(path).decode())))
+
+
+def write_history(path: str, rows: List[dict]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_bytes(path, out.getvalue().encode())
+
+
+class EpochReport:
+    """The chief's per-epoch outputs: the console line, history.csv, learning_curves.png and TensorBoard scalars."""
+
+    def __init__(self, model_dir: str, tensorboard_dir: str):
+        self.model_dir, self.tensorboard_dir = model_dir, tensorboard_dir
+        self.history_path = fileio.join(model_dir, "history.csv")
+        self._writer: Optional[object] = None
+
+    def write(self, history: List[dict]) -> None:
+        import tensorflow as tf
+
+        row = history[-1]
+        print(f"  val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
+              f"({row['epoch_seconds']:.1f} s, {row['images_per_sec']:.0f} images/s)", flush=True)
+        write_history(self.history_path, history)
+        plot_learning_curves(history, fileio.join(self.model_dir, "learning_curves.png"))
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
+        with self._writer.as_default(step=int(row["epoch"])):
+            for key in SCALARS:
+                tf.summary.scalar(key, row[key])
+        self._writer.flush()
 
 
 def plot_learning_curves(history: List[dict], path: str) -> None:

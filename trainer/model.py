@@ -12,15 +12,13 @@ from typing import Optional, Sequence
 
 import keras
 
-from preprocessing import fileio
-from preprocessing.cli import UserError
+from celeba_common import fileio
+from celeba_common.cli import UserError
 from preprocessing.schema import CLASS_NAMES
+from trainer.config import POOLINGS, WEIGHTS_HELP
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 BACKBONE, POOL, HEAD = "vgg16", "pool", "head"
-POOLINGS = ("flatten", "avg", "max")
-WEIGHTS_HELP = ("pass --weights=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (a local copy of the "
-                "Keras ImageNet notop weights) or --weights=none")
 
 
 @keras.saving.register_keras_serializable(package="celeba")

@@ -8,17 +8,19 @@ very transform the records job applied to the training images (preprocessing.tra
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 from typing import List, Sequence
 
-from absl import flags
+from celeba_common import fileio
+from celeba_common.cli import UserError, run_main
+from celeba_common.flagdefs import define_flags, from_flags, option
+from trainer.config import DEFAULT_MODEL_DIR
 
-from preprocessing import fileio
-from preprocessing.cli import UserError, run_main
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", os.path.join("runs", "celeba"), "A trainer.main output folder.")
-flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
+@dataclasses.dataclass
+class PredictConfig:
+    model_dir: str = option(DEFAULT_MODEL_DIR, "A trainer.main output folder.")
+    batch_size: int = option(32, "Images per forward pass.", lower_bound=1)
 
 
 def prepare(paths: Sequence[str], image_size: int, resize_mode: str = "crop", jpeg_quality: int = 95):
@@ -67,14 +69,15 @@ def main(argv: Sequence[str]) -> int:
     from preprocessing.schema import CLASS_NAMES
     from trainer.model import load_trained
 
-    model = load_trained(FLAGS.model_dir)
-    for path, p_male in zip(paths, predict_files(model, paths, _transform_of(FLAGS.model_dir), FLAGS.batch_size)):
+    config = from_flags(PredictConfig)
+    model = load_trained(config.model_dir)
+    for path, p_male in zip(paths, predict_files(model, paths, _transform_of(config.model_dir), config.batch_size)):
         print(f"{path}\t{CLASS_NAMES[int(p_male >= 0.5)]}\t{p_male:.4f}")
     return 0
 
 
 def cli() -> None:
-    run_main(main, tensorflow=True)
+    run_main(main, define_flags=lambda: define_flags(PredictConfig), tensorflow=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from trainer import data, distribute, model as model_lib  # noqa: E402
-from trainer.train import _train_step_fn  # noqa: E402
+from trainer.steps import make_train_step  # noqa: E402
 
 GLOBAL_BATCH = 8
 
@@ -33,7 +33,7 @@ def train(strategy, info):
     dataset_fn = data.make_dataset_fn(info.files("train"), info.image_size, GLOBAL_BATCH, training=False,
                                       drop_remainder=True)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    step = _train_step_fn(strategy, net, optimizer, GLOBAL_BATCH, loss_scaling=False)
+    step = make_train_step(strategy, net, optimizer, GLOBAL_BATCH, loss_scaling=False)
     losses = [float(step(iterator)[0]) for _ in range(2)]
     return [w.numpy() for w in net.trainable_weights], losses
 

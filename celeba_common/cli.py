@@ -1,4 +1,4 @@
-"""Shared command-line plumbing: one-line errors instead of tracebacks, absl flag parsing.
+"""Shared command-line plumbing of every entry point: one-line errors instead of tracebacks, absl flag parsing.
 
 Every command of the project (records job, trainer, launchers) runs through `run_main`, so a bad input anywhere
 ends the same way: `error: <what is wrong>` on stderr, exit status 2, no Python traceback.
@@ -8,18 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
 
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback."""
-
-
-def fail(message: str) -> None:
-    """Raises UserError(message); for use in expressions like `cond or fail(...)`."""
-    raise UserError(message)
 
 
 def passthrough_args(argv: Sequence[str]) -> List[str]:
@@ -50,8 +45,6 @@ class _DropNoise(logging.Filter):
         return not any(n in str(record.msg) for n in self._NOISE)
 
 
-logging.getLogger().addFilter(_DropNoise())  # before any command imports Beam, whose import logs noise
-
 _LIBRARIES = ("apache_beam", "absl", "tensorflow", "keras", "h5py", "matplotlib", "PIL", "urllib3")
 
 
@@ -63,8 +56,14 @@ class _LibraryInfo(logging.Filter):
 
 
 def quiet_logs() -> None:
-    """INFO for this project's loggers, WARNING for the libraries', and none of their known noise."""
-    logging.getLogger().setLevel(logging.INFO)
+    """INFO for this project's loggers, WARNING for the libraries', and none of their known noise.
+
+    run_main calls it before the entry point defines its flags (and so before Beam or TensorFlow are imported).
+    """
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropNoise) for f in root.filters):
+        root.addFilter(_DropNoise())
+    root.setLevel(logging.INFO)
     for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "matplotlib", "PIL", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # re-logs what Beam's local worker processes say at start-up (no staging folder: expected locally)
@@ -101,10 +100,11 @@ def import_tensorflow_quietly() -> None:
                     sys.stderr.write(line)
 
 
-def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False,
-             tensorflow: bool = False) -> None:
+def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Callable[[], None]] = None,
+             known_only: bool = False, tensorflow: bool = False) -> None:
     """Runs `main(argv)` under absl; UserError (and flag errors) become one line on stderr and exit status 2.
 
+    define_flags() defines the entry point's flags (flags live in entry points only, never at import);
     known_only=True leaves flags this program does not define in argv (the records job hands them to Beam);
     tensorflow=True imports TensorFlow first, quietly.
     """
@@ -131,4 +131,6 @@ def run_main(main: Callable[[Sequence[str]], object], known_only: bool = False,
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     quiet_logs()
+    if define_flags is not None:
+        define_flags()
     app.run(wrapped, flags_parser=_parser(known_only))

@@ -1,0 +1,101 @@
+"""In-process unit tests of helpers that used to be reachable only through subprocesses: flags declared on
+dataclasses, the launch helpers and the precision choice."""
+import pytest
+from absl import flags
+
+from celeba_common.cli import UserError
+from celeba_common.flagdefs import check_choices, define_flags, from_flags
+from launch import dataflow, sweep, vertex
+from trainer.config import TrainConfig
+
+
+def _parse(cls, argv, skip=()):
+    values = flags.FlagValues()
+    define_flags(cls, values, skip=skip)
+    values(["prog", *argv])
+    return values
+
+
+def test_train_flags_come_from_the_config_fields():
+    values = _parse(TrainConfig, ["--batch_size=32", "--head_units=512,128", "--noaugment", "--pooling=avg"])
+    config = from_flags(TrainConfig, values, model_dir="m")
+    assert (config.batch_size, config.head_units, config.pooling, config.model_dir) == (32, (512, 128), "avg", "m")
+    assert config.lr == TrainConfig.lr and config.checkpoint_dir is None
+    assert values["model_dir"].default is None  # so that main can fall back to AIP_MODEL_DIR
+    with pytest.raises(flags.IllegalFlagValueError):
+        values(["prog", "--precision=fp8"])
+    with pytest.raises(UserError, match="--head_units=a,2"):
+        from_flags(TrainConfig, _parse(TrainConfig, ["--head_units=a,2"]))
+
+
+def test_every_cli_config_defines_its_flags_into_one_flag_set():
+    """vertex and dataflow share flag names; each set is declared once and their dataclasses stay apart."""
+    assert set(_parse(vertex.VertexJob, [])) >= {"project", "region", "machine_type", "dry_run"}
+    assert set(_parse(dataflow.DataflowJob, [])) >= {"project", "region", "machine_type", "dry_run"}
+    values = flags.FlagValues()
+    define_flags(sweep.SweepConfig, values)
+    define_flags(vertex.VertexJob, values, skip=("display_name",))
+    values(["prog", "--lrs=1e-3,1e-2", "--project=p", "--vertex"])
+    assert from_flags(sweep.SweepConfig, values).lrs == ("1e-3", "1e-2")
+    assert from_flags(vertex.VertexJob, values).project == "p"
+
+
+def test_check_choices_names_the_flag():
+    with pytest.raises(UserError, match="--strategy=tpu"):
+        check_choices(TrainConfig(strategy="tpu"))
+    with pytest.raises(UserError, match="--pooling=sum"):
+        TrainConfig(pooling="sum").validate()
+
+
+def test_job_spec_pools_and_batch_check():
+    job = vertex.build_job(vertex.VertexJob(project="p", image_uri="img", accelerator_type="NVIDIA_L4",
+                                            accelerator_count=4, replica_count=3), ["--batch_size=96"], "j")
+    pools = job["jobSpec"]["workerPoolSpecs"]
+    assert [p["replicaCount"] for p in pools] == [1, 2]
+    assert pools[1]["machineSpec"]["acceleratorCount"] == 4
+    assert pools[0]["containerSpec"]["args"] == ["--batch_size=96"]
+    with pytest.raises(UserError, match=r"--batch_size=100 does not divide by the job's 12 GPUs"):
+        vertex.check_batch_size(["--batch_size", "100"], 3, 4)
+    with pytest.raises(UserError, match=r"--batch_size=64 does not divide by the job's 48 GPUs"):
+        vertex.check_batch_size([], 6, 8)  # the trainer's default batch size
+    vertex.check_batch_size(["--batch_size=512"], 2, 8)
+    vertex.check_batch_size(["--batch_size=5"], 1, 0)  # one CPU machine: one replica
+
+
+def test_dataflow_command_in_process():
+    job = dataflow.DataflowJob(project="p", temp_location="gs://b/tmp", max_num_workers=8)
+    command = dataflow.build_command(["--celeba_dir=gs://b/c", "--output_dir=gs://b/o"], job)
+    assert "--runner=DataflowRunner" in command and "--max_num_workers=8" in command
+    assert not any(a.startswith("--machine_type") for a in command)
+    with pytest.raises(UserError, match="--output_dir=/local"):
+        dataflow.build_command(["--celeba_dir=gs://b/c", "--output_dir=/local"], job)
+
+
+def test_summarize_history_and_best_cell():
+    history = [{"val_accuracy": a, "val_loss": l} for a, l in ((0.6, 0.9), (0.8, 0.5), (0.7, 0.6), (0.75, 0.55))]
+    summary = sweep.summarize_history(history, converged_epochs=2)
+    assert summary["val_accuracy_lowest"] == 0.6 and summary["val_loss_at_lowest"] == 0.9
+    assert summary["val_accuracy_highest"] == 0.8 and summary["val_loss_at_highest"] == 0.5
+    assert summary["val_accuracy_converged"] == pytest.approx(0.725)
+    assert summary["val_loss_converged"] == pytest.approx(0.575) and summary["epochs"] == 4
+    rows = [{"lr": 1e-3, "val_accuracy_converged": 0.9, "val_loss_converged": 0.4},
+            {"lr": 1e-2, "val_accuracy_converged": 0.9, "val_loss_converged": 0.3},
+            {"lr": 1e-4, "val_accuracy_converged": 0.8, "val_loss_converged": 0.1},
+            {"lr": 1e-1, "status": "failed"}]
+    assert sweep.best_cell(rows)["lr"] == 1e-2  # equal accuracy: the lower loss wins
+    assert sweep.best_cell([{"status": "failed"}]) is None
+
+
+def test_choose_precision():
+    import tensorflow as tf
+
+    from trainer import distribute
+
+    for name in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert distribute.choose_precision(name) == name
+    with pytest.raises(UserError, match="--precision=fp8"):
+        distribute.choose_precision("fp8")
+    assert not tf.config.list_physical_devices("GPU")  # these machines have none
+    with open("/proc/cpuinfo") as f:
+        bf16 = any(flag in f.read().split() for flag in ("avx512_bf16", "amx_bf16"))
+    assert distribute.choose_precision("auto") == ("mixed_bfloat16" if bf16 else "float32")

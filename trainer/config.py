@@ -1,0 +1,91 @@
+"""TrainConfig: every setting of a training run, declared once (a field is also its flag) and validated up front.
+
+trainer.main defines the flags from these fields (celeba_common.flagdefs) and builds the config from them; the
+library code below it (Trainer and friends) only ever sees a TrainConfig. A new setting is one `option(...)` line
+here, plus its check in `validate` when it has a rule beyond its type and choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Optional, Tuple
+
+from celeba_common import fileio
+from celeba_common.cli import UserError
+from celeba_common.flagdefs import check_choices, option
+
+DEFAULT_DATA_DIR = os.path.join("tfrecords", "celeba")
+DEFAULT_MODEL_DIR = os.path.join("runs", "celeba")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical_copy", "reduction_to_one_device")
+FEATURE_CACHE_MODES = ("auto", "on", "off")
+POOLINGS = ("flatten", "avg", "max")
+WEIGHTS_HELP = ("pass --weights=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (a local copy of the "
+                "Keras ImageNet notop weights) or --weights=none")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str = option(DEFAULT_DATA_DIR, "Records written by preprocessing.build_records.")
+    model_dir: str = option(DEFAULT_MODEL_DIR, "Checkpoints, logs, metrics and the exported model "
+                            f"(default $AIP_MODEL_DIR on Vertex AI, else {DEFAULT_MODEL_DIR}).", flag_default=None)
+    epochs: int = option(10, "Epochs with the backbone frozen.")
+    batch_size: int = option(64, "Global batch size (all replicas together).")
+    lr: float = option(1e-4, "Adam learning rate of the frozen-backbone phase.")
+    weights: str = option("imagenet", "VGG16 weights: imagenet, none, or a local ..._notop.h5 file.")
+    head_units: Tuple[int, ...] = option((256,), "Units of the dense head layers, e.g. 512,256.")
+    dropout: float = option(0.5, "Dropout after each head layer.")
+    pooling: str = option("flatten", "How the conv features enter the head.", choices=POOLINGS)
+    precision: str = option("auto", "Mixed precision policy (auto: float16 on GPUs, bfloat16 on bf16 CPUs).",
+                            choices=PRECISIONS)
+    strategy: str = option("auto", "tf.distribute strategy (auto: multi-worker with a cluster, mirrored over >1 "
+                           "device).", choices=STRATEGIES)
+    cross_device_ops: str = option("auto", "MirroredStrategy all-reduce (try another one if multi-GPU losses go "
+                                   "NaN).", choices=CROSS_DEVICE_OPS)
+    num_cpu_devices: int = option(0, "Split the CPU into N logical devices (to try MirroredStrategy without GPUs).")
+    shuffle_buffer: int = option(2048, "Shuffle buffer (examples).")
+    augment: bool = option(False, "Random horizontal flips.")
+    cache: bool = option(False, "Keep decoded images in memory after the first epoch when they fit.")
+    feature_cache: str = option("auto", "Train the head on backbone features computed once.",
+                                choices=FEATURE_CACHE_MODES)
+    seed: int = option(42, "Seed of initialization, shuffling and dropout.")
+    checkpoint_steps: int = option(0, "Also checkpoint every N steps (0: once per epoch).")
+    fresh: bool = option(False, "Ignore existing checkpoints and history in --model_dir and start over.")
+    fine_tune_from: str = option("", "Unfreeze the backbone from this layer on (e.g. block5_conv1).")
+    fine_tune_epochs: int = option(0, "Epochs of the fine-tuning phase.")
+    fine_tune_lr: float = option(1e-5, "Adam learning rate of the fine-tuning phase.")
+    steps_per_epoch: int = option(0, "Steps per epoch (0: one pass over the train split).")
+    verify_data: bool = option(True, "Check every shard's size and sha256 against the manifest first.")
+    export: bool = option(True, "Write model.keras and export/ (SavedModel) at the end.")
+    restore_best: bool = option(True, "Evaluate and export the weights of the epoch with the lowest val_loss.")
+    # Not flags: Vertex AI hands these through AIP_CHECKPOINT_DIR / AIP_TENSORBOARD_LOG_DIR.
+    checkpoint_dir: Optional[str] = None
+    tensorboard_dir: Optional[str] = None
+
+    def validate(self) -> None:
+        """UserError naming the first bad setting; runs before TensorFlow starts, so bad flags fail in a second."""
+        check_choices(self)
+        checks = [
+            (self.batch_size > 0, f"--batch_size={self.batch_size}: must be > 0"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr={self.lr}: must be > 0"),
+            (self.epochs >= 0, f"--epochs={self.epochs}: must be >= 0"),
+            (self.fine_tune_epochs >= 0, f"--fine_tune_epochs={self.fine_tune_epochs}: must be >= 0"),
+            (self.fine_tune_lr > 0, f"--fine_tune_lr={self.fine_tune_lr}: must be > 0"),
+            (self.epochs + self.fine_tune_epochs > 0, "--epochs and --fine_tune_epochs are both 0: nothing to train"),
+            (not self.fine_tune_epochs or self.fine_tune_from,
+             "--fine_tune_epochs needs --fine_tune_from (e.g. block5_conv1)"),
+            (0 <= self.dropout < 1, f"--dropout={self.dropout}: must be in [0, 1)"),
+            (len(self.head_units) > 0 and all(u > 0 for u in self.head_units),
+             f"--head_units={','.join(map(str, self.head_units))}: must be positive integers"),
+            (self.shuffle_buffer > 0, f"--shuffle_buffer={self.shuffle_buffer}: must be > 0"),
+            (self.checkpoint_steps >= 0, f"--checkpoint_steps={self.checkpoint_steps}: must be >= 0"),
+            (self.steps_per_epoch >= 0, f"--steps_per_epoch={self.steps_per_epoch}: must be >= 0"),
+            (self.num_cpu_devices >= 0, f"--num_cpu_devices={self.num_cpu_devices}: must be >= 0"),
+            (self.weights.lower() in ("imagenet", "none") or fileio.exists(self.weights),
+             f"--weights={self.weights}: no such file; {WEIGHTS_HELP}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
