@@ -25,6 +25,7 @@ bench: install
 	$(BIN)/python bench/bench_records.py
 	$(BIN)/python bench/bench_input.py
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_multiworker.py
 
 clean:
 	rm -rf data/demo runs/demo

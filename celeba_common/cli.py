@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
@@ -64,6 +65,8 @@ def quiet_logs() -> None:
     if not any(isinstance(f, _DropNoise) for f in root.filters):
         root.addFilter(_DropNoise())
     root.setLevel(logging.INFO)
+    # tf.data says this whenever a distributed dataset is iterated inside a tf.function; nothing for a user to do
+    warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
     for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "matplotlib", "PIL", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # re-logs what Beam's local worker processes say at start-up (no staging folder: expected locally)

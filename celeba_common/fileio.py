@@ -9,7 +9,7 @@ import hashlib
 import os
 import posixpath
 import sys
-from typing import List
+from typing import List, Optional
 
 
 def is_remote(path: str) -> bool:
@@ -32,11 +32,20 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
 
 
+def _beam_objects_under(path: str, limit: Optional[int] = None) -> list:
+    """The objects whose names start with path/ (an object store has no folders, only such prefixes)."""
+    prefix = path.rstrip("/") + "/"
+    return _beam().match([prefix + "**"], limits=[limit] if limit else None)[0].metadata_list
+
+
 def exists(path: str) -> bool:
+    """A file, or a folder (on gs://: any object under the prefix)."""
     if not is_remote(path):
         return os.path.exists(path)
     gfile = _gfile()
-    return gfile.exists(path) if gfile else _beam().exists(path)
+    if gfile:
+        return gfile.exists(path)
+    return _beam().exists(path) or bool(_beam_objects_under(path, limit=1))
 
 
 def isdir(path: str) -> bool:
@@ -45,8 +54,7 @@ def isdir(path: str) -> bool:
     gfile = _gfile()
     if gfile:
         return gfile.isdir(path)
-    prefix = path.rstrip("/") + "/"
-    return bool(_beam().match([prefix + "*"], limits=[1])[0].metadata_list)  # one object is enough
+    return bool(_beam_objects_under(path, limit=1))  # one object is enough
 
 
 def listdir(path: str) -> List[str]:
@@ -66,8 +74,7 @@ def listdir(path: str) -> List[str]:
             rel = root.rstrip("/")[len(prefix.rstrip("/")):].lstrip("/")
             out.extend(posixpath.join(rel, f) if rel else f for f in files)
         return sorted(out)
-    matches = _beam().match([prefix + "**"])[0].metadata_list
-    return sorted(m.path[len(prefix):] for m in matches)
+    return sorted(m.path[len(prefix):] for m in _beam_objects_under(path))
 
 
 def open_read(path: str):
@@ -149,6 +156,18 @@ def delete_tree(path: str) -> None:
     names = listdir(path)
     if names:
         _beam().delete([join(path, n) for n in names])
+
+
+def glob(pattern: str) -> List[str]:
+    """Paths matching a glob pattern (`*` stays within one path segment)."""
+    if not is_remote(pattern):
+        import glob as glob_lib
+
+        return sorted(glob_lib.glob(pattern))
+    gfile = _gfile()
+    if gfile:
+        return sorted(gfile.glob(pattern))
+    return sorted(m.path for m in _beam().match([pattern])[0].metadata_list)
 
 
 def move_tree(src: str, dst: str) -> None:

@@ -5,7 +5,9 @@ What is private here and why:
   - `_BeamArgumentParser` + each PipelineOptions subclass's `_add_argparse_args`: to tell Beam flags from typos,
     since PipelineOptions silently drops flags it does not know;
   - `fn_runner.FnApiRunner` with a ProvisionInfo: the local runner DirectRunner builds, minus its attempt to
-    download and start Prism, with the options handed on to multi_processing worker processes.
+    download and start Prism, with the options handed on to multi_processing worker processes;
+  - `auth._Credentials`: against a GCS emulator (STORAGE_EMULATOR_HOST), Beam would spend ~22 s retrying to find
+    Google credentials before it connects anonymously, which is what an emulator needs; we say so at once.
 """
 from __future__ import annotations
 
@@ -40,6 +42,58 @@ def unknown_beam_flags(args: Sequence[str]) -> List[str]:
         cls._add_argparse_args(parser)
     _, unknown = parser.parse_known_args(list(args))
     return [a for a in unknown if a.startswith("-")]
+
+
+# Runners whose workers run elsewhere: they cannot see this machine's folders.
+_REMOTE_RUNNERS = ("dataflowrunner", "flinkrunner", "sparkrunner", "portablerunner", "prismrunner")
+
+
+def runner_name(beam_args: Sequence[str]) -> str:
+    """The --runner of the Beam args, lower case, with Beam's 'Runner' suffix added when left off; '' when local."""
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+    if runner in _LOCAL_RUNNERS:
+        return ""
+    name = runner.rsplit(".", 1)[-1].lower()
+    return name if name.endswith("runner") else name + "runner"
+
+
+def check_runner(beam_args: Sequence[str]) -> Optional[str]:
+    """Error text for a --runner Beam does not know (Beam itself fails late with a ValueError), else None."""
+    from apache_beam.runners.runner import _RUNNER_MAP
+
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+    if runner in _LOCAL_RUNNERS or "." in runner:  # a dotted path names a runner class itself
+        return None
+    if runner.lower() in _RUNNER_MAP or runner.lower() + "runner" in _RUNNER_MAP:
+        return None
+    known = sorted({path.rsplit(".", 1)[-1] for path in _RUNNER_MAP.values()})
+    return f"--runner={runner}: not a Beam runner (known: {', '.join(known)})"
+
+
+def local_paths_for_remote_runner(beam_args: Sequence[str], paths: dict) -> List[str]:
+    """The names of `paths` (name -> path; None skipped) that are local while the runner's workers are remote,
+    including Beam's own --temp_location and --staging_location."""
+    if runner_name(beam_args) not in _REMOTE_RUNNERS:
+        return []
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    cloud = PipelineOptions(list(beam_args)).view_as(GoogleCloudOptions)
+    every = {**paths, "temp_location": cloud.temp_location, "staging_location": cloud.staging_location}
+    return [name for name, path in every.items() if path and "://" not in path]
+
+
+def anonymous_gcs_for_emulator() -> None:
+    """With STORAGE_EMULATOR_HOST set, Beam's GCS client connects anonymously at once (see the module docstring)."""
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+        return
+    try:
+        from apache_beam.internal.gcp import auth
+    except ImportError:  # no GCP extra: no gs:// either
+        return
+    credentials = getattr(auth, "_Credentials", None)
+    if credentials is not None and hasattr(credentials, "_credentials_init"):
+        with credentials._credentials_lock:
+            credentials._credentials, credentials._credentials_init = None, True
 
 
 def _all_subclasses(cls) -> List[type]:

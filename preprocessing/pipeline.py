@@ -38,6 +38,10 @@ TARGET_SHARD_BYTES = 150 * 1024 * 1024
 CHUNK_SIZE = 256
 _META, _CHUNKS = ".meta", ".chunks"
 _LABEL_INDEX = schema.ATTRIBUTE_NAMES.index(schema.LABEL_ATTRIBUTE)
+# Errors that say the file itself is absent or unreadable; anything else while reading is taken as transient.
+PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+READ_ATTEMPTS = 4
+READ_RETRY_SECONDS = 0.5  # doubled after each failed attempt
 
 
 def default_num_shards(total_bytes: int) -> int:
@@ -118,11 +122,11 @@ class TransformChunk(beam.DoFn):
         with fileio.open_write(fileio.join(self.chunk_dir, f"chunk-{chunk_id:06d}")) as out:
             for group, position, name, attributes in items:
                 try:
-                    data = self.source.read(name)
+                    data = self._read(name)
                 except FileNotFoundError:
                     yield self._dead_letter(name, "read", "listed in the attribute file but missing")
                     continue
-                except OSError as e:
+                except PERMANENT_READ_ERRORS as e:
                     yield self._dead_letter(name, "read", str(e))
                     continue
                 try:
@@ -142,6 +146,22 @@ class TransformChunk(beam.DoFn):
             rate = self._done / max(time.time() - self._start, 1e-9)
             LOG.info("worker %d: %d images transformed, %.0f images/s", os.getpid(), self._done, rate)
             self._next_log += 2000
+
+    def _read(self, name: str) -> bytes:
+        """The image's bytes. A missing or unreadable file raises one of PERMANENT_READ_ERRORS (a dead letter); any
+        other error (a timeout, a 5xx, a reset connection) is retried, then fails the bundle, which the runner retries:
+        a transient error never swaps another image into the fixed split."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return self.source.read(name)
+            except PERMANENT_READ_ERRORS:
+                raise
+            except Exception as e:  # noqa: BLE001  (the storage clients raise many kinds)
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise
+                LOG.warning("reading %s failed (%s: %s); retrying", name, type(e).__name__, e)
+                time.sleep(min(READ_RETRY_SECONDS * 2 ** attempt, 8.0))
+        raise AssertionError("unreachable")
 
     def _dead_letter(self, name: str, stage: str, reason: str) -> DeadLetter:
         self.failed.inc()
@@ -292,18 +312,33 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
                             f"refusing to --overwrite it")
 
 
+def _check_runner(config: Config, beam_args: Sequence[str]) -> None:
+    """Refuses an unknown --runner, and local paths with a runner whose workers run on other machines."""
+    problem = beam_compat.check_runner(beam_args)
+    if problem:
+        raise UserError(problem)
+    local = beam_compat.local_paths_for_remote_runner(beam_args, {
+        "celeba_dir": config.celeba_dir if config.source == "folder" else None, "output_dir": config.output_dir})
+    if local:
+        runner = beam_compat.runner_name(beam_args)
+        raise UserError(f"--{local[0]} is a local path, but {runner} workers run on other machines and cannot see "
+                        f"it; use a gs:// path (or another shared filesystem URL)")
+    beam_compat.anonymous_gcs_for_emulator()
+
+
 def _remove_abandoned_work_dirs(output_dir: str) -> None:
-    """Deletes OUTPUT.partial-* folders left by killed runs on this host (their process no longer exists)."""
-    if fileio.is_remote(output_dir):
-        return
+    """Deletes OUTPUT.partial-* folders left by killed runs on this host (their process no longer exists), locally
+    and on gs:// alike. A folder started on another host is not ours to judge and stays."""
     import glob
 
-    for path in glob.glob(glob.escape(output_dir.rstrip("/")) + ".partial-*"):
+    base = output_dir.rstrip("/")
+    pattern = (base if fileio.is_remote(base) else glob.escape(base)) + f".partial-*/{_META}/started"
+    for marker in fileio.glob(pattern):
+        path = marker[:-len(f"/{_META}/started")]
         try:
-            with open(os.path.join(path, _META, "started")) as f:
-                owner = json.load(f)
+            owner = json.loads(fileio.read_bytes(marker))
         except (OSError, ValueError):
-            continue  # not ours to judge
+            continue
         if owner.get("host") != socket.gethostname():
             continue
         try:
@@ -319,6 +354,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     """Builds the dataset described by `config` in config.output_dir; returns the manifest. Raises UserError."""
     start = time.time()
     config.validate()
+    _check_runner(config, beam_args)
     sizes = splits.parse_split_sizes(config.split_sizes)
     _check_output_dir(config.output_dir, config.overwrite)
     work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"

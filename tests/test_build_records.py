@@ -267,3 +267,50 @@ def test_killed_run_leaves_no_success_and_its_leftovers_are_cleaned(celeba_txt, 
     assert list(tmp_path.glob("out.partial-*")) and not out.exists()  # killed mid-way: no dataset, no _SUCCESS
     build(celeba_txt, str(out))
     assert (out / "_SUCCESS").exists() and not list(tmp_path.glob("out.partial-*"))
+
+
+class FlakyImageSource(celeba.ImageSource):
+    """A test double standing in for a flaky store (GCS 503s, resets): the listed images fail to read `failures`
+    times each with a transient error, then read fine."""
+    flaky: dict = {}
+
+    def read(self, name):
+        if FlakyImageSource.flaky.get(name, 0) > 0:
+            FlakyImageSource.flaky[name] -= 1
+            raise ConnectionResetError(f"connection reset while reading {name}")
+        return super().read(name)
+
+
+def test_transient_read_errors_are_retried_and_change_nothing(celeba_txt, records_dir, tmp_path, monkeypatch):
+    from preprocessing import pipeline
+
+    monkeypatch.setattr(pipeline, "READ_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(celeba.ImageSource, "for_layout",
+                        classmethod(lambda cls, layout: FlakyImageSource(layout.image_dir, layout.image_zip)))
+    chosen = sorted(n for split in ("train", "validation", "test")
+                    for n in open(os.path.join(records_dir, "splits", f"{split}.txt")).read().split())
+    FlakyImageSource.flaky = {name: 1 for name in chosen[::7]}  # each fails once, then reads fine
+    manifest = build(celeba_txt, str(tmp_path / "flaky"))
+    assert not any(FlakyImageSource.flaky.values())  # every flaky image was read again, not left out
+    assert manifest["num_left_out"] == 0
+    clean = manifest_lib.read_manifest(records_dir)  # the same flags, no failures
+    assert manifest["splits"] == clean["splits"]  # the same shards, byte for byte
+
+    FlakyImageSource.flaky = {chosen[0]: pipeline.READ_ATTEMPTS}  # never readable in time: the job fails
+    out = str(tmp_path / "failed")
+    with pytest.raises(Exception, match="connection reset"):
+        build(celeba_txt, out)
+    assert not os.path.exists(out) and not glob.glob(out + ".partial-*")
+
+
+def test_runner_checks_before_anything_starts(celeba_txt, tmp_path):
+    out = str(tmp_path / "out")
+    assert_one_line_error(run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
+                                  f"--output_dir={out}", "--runner=NoSuchRunner"), "--runner=NoSuchRunner")
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", "--output_dir=gs://b/out",
+                   "--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
+    assert_one_line_error(proc, "--celeba_dir", "local path", "dataflowrunner")
+    proc = run_cli("-m", "preprocessing.build_records", "--celeba_dir=gs://b/celeba", f"--output_dir={out}",
+                   "--runner=FlinkRunner")
+    assert_one_line_error(proc, "--output_dir", "local path", "flinkrunner")
+    assert not os.path.exists(out) and not glob.glob(out + ".partial-*")

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, TRAIN_ARGS, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 
 
 def test_mirrored_two_devices_equals_one_device(records_dir):
@@ -15,22 +15,6 @@ def test_mirrored_two_devices_equals_one_device(records_dir):
     assert result["replicas"] == 2
     assert result["max_weight_diff"] < 1e-5, result
     assert abs(result["losses_mirrored"][0] - result["losses_single"][0]) < 1e-5
-
-
-def test_multi_worker_cluster_ends_with_equal_weights(learn_records, tmp_path):
-    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--", f"--data_dir={learn_records}",
-                   f"--model_dir={tmp_path / 'mw'}", "--epochs=2", "--steps_per_epoch=6", *TRAIN_ARGS,
-                   "--precision=mixed_bfloat16", "--noexport", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    out = proc.stdout
-    assert re.search(r"\[worker 0\].*MultiWorkerMirroredStrategy, 2 replicas in sync", out), out[-3000:]
-    sums = dict(re.findall(r"\[worker \d\].*weights checksum \((worker-\d)\): (\w+)", out))
-    assert set(sums) == {"worker-0", "worker-1"} and len(set(sums.values())) == 1, sums
-    assert os.path.exists(tmp_path / "mw" / "history.csv")  # only the chief writes the outputs
-    assert os.path.exists(tmp_path / "mw" / "metrics.json")
-    worker1 = [line for line in out.splitlines() if line.startswith("[worker 1]")]
-    assert worker1 and not [line for line in worker1 if "val_accuracy" in line or "model, metrics and plots" in line]
-    assert os.listdir(tmp_path / "mw" / "checkpoints") and not list((tmp_path / "mw").glob("ckpt-worker*"))
 
 
 def test_local_cluster_stops_all_workers_when_one_fails(records_dir, tmp_path):
@@ -80,3 +64,110 @@ def test_sigkill_to_the_launcher_leaves_no_worker(tmp_path):
     launcher.wait()
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def _eval_json(output):
+    return [json.loads(line.split("] ", 1)[-1]) for line in output.splitlines() if '"mode"' in line]
+
+
+def test_evaluation_counts_each_example_once_on_every_strategy(records_dir):
+    helper = os.path.join(ROOT, "tests", "helpers", "eval_everywhere.py")
+    results = {}
+    for mode in ("one", "mirrored"):
+        proc = run_cli(helper, mode, records_dir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[mode] = _eval_json(proc.stdout)[0]
+    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--module=eval_everywhere", "--",
+                   "multi_worker", records_dir, env={"PYTHONPATH": os.path.dirname(helper)}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    workers = _eval_json(proc.stdout)
+    assert len(workers) == 2 and workers[0] == workers[1]  # every worker gets the same, complete figures
+    results["multi_worker"] = workers[0]
+    assert [r["replicas"] for r in results.values()] == [1, 2, 2]
+    for mode in ("mirrored", "multi_worker"):
+        assert results[mode]["num_examples"] == 20  # the manifest's test count
+        for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy", "roc_auc"):
+            assert abs(results[mode][key] - results["one"][key]) <= 1e-5, (mode, key, results)
+
+
+def _cluster_cmd(data_dir, model_dir, *extra):
+    return [sys.executable, "-m", "launch.local_cluster", "--num_workers=2", "--grace_seconds=20", "--",
+            f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--batch_size=8", "--weights=none",
+            "--head_units=8", "--noexport", *extra]
+
+
+def _latest_checkpoint_number(model_dir):
+    index = os.path.join(model_dir, "checkpoints", "checkpoint")
+    if not os.path.exists(index):
+        return 0
+    found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', open(index).read())
+    return int(found.group(1)) if found else 0
+
+
+def _start_cluster(cmd, model_dir, checkpoints_wanted, timeout=300):
+    import psutil
+    import time
+
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while _latest_checkpoint_number(model_dir) < checkpoints_wanted:
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[0][-3000:]
+        time.sleep(0.05)
+    workers = sorted(psutil.Process(launcher.pid).children(),
+                     key=lambda p: json.loads(p.environ()["TF_CONFIG"])["task"]["index"])
+    assert len(workers) == 2
+    return launcher, workers
+
+
+def _checksums(out):
+    return dict(re.findall(r"\[worker \d\].*weights checksum \((worker-\d)\): (\w+)", out))
+
+
+def test_multi_worker_resume_after_sigkill_of_every_process(records_dir, tmp_path):
+    """2 workers, feature cache (each worker caches its own shard), bfloat16; killed whole after epoch 2 of 6."""
+    model_dir = str(tmp_path / "mw")
+    cmd = _cluster_cmd(records_dir, model_dir, "--epochs=6", "--precision=mixed_bfloat16")
+    launcher, workers = _start_cluster(cmd, model_dir, checkpoints_wanted=2)  # epoch 2 checkpointed
+    for process in [launcher, *workers]:
+        process.kill()
+    launcher.wait()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    resumed = re.findall(r"\[worker (\d)\] Resumed from epoch (\d+)", again.stdout)
+    assert sorted(w for w, _ in resumed) == ["0", "1"] and len({e for _, e in resumed}) == 1, resumed
+    assert int(resumed[0][1]) >= 2
+    out = again.stdout
+    assert re.search(r"\[worker 0\].*MultiWorkerMirroredStrategy, 2 replicas in sync", out), out[-3000:]
+    assert "feature cache: computing" not in out  # both workers' features were cached before the kill
+    sums = _checksums(out)
+    assert set(sums) == {"worker-0", "worker-1"} and len(set(sums.values())) == 1, sums
+    with open(os.path.join(model_dir, "history.csv")) as f:
+        assert [int(line.split(",")[0]) for line in f.read().splitlines()[1:]] == [1, 2, 3, 4, 5, 6]
+    assert os.path.exists(os.path.join(model_dir, "metrics.json"))  # only the chief writes the outputs
+    worker1 = [line for line in out.splitlines() if line.startswith("[worker 1]")]
+    assert worker1 and not [line for line in worker1 if "val_accuracy" in line or "model, metrics and plots" in line]
+    # a clean end: every worker reaches the final barrier, so nobody reports the others as crashed
+    assert not [line for line in out.splitlines() if re.match(r"\[worker \d\] E\d{4} ", line) or "StartAbort" in line]
+
+
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(records_dir, tmp_path):
+    import signal
+
+    model_dir = str(tmp_path / "mw")
+    cmd = _cluster_cmd(records_dir, model_dir, "--epochs=2", "--steps_per_epoch=150", "--checkpoint_steps=10",
+                       "--feature_cache=off")
+    launcher, workers = _start_cluster(cmd, model_dir, checkpoints_wanted=1)  # mid-epoch 1
+    workers[1].send_signal(signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=120)  # no hang: the launcher returns
+    stops = re.findall(r"\[worker (\d)\] stopped by SIGTERM \(to (this|another) worker\) at epoch (\d+), "
+                       r"step (\d+)", out)
+    assert sorted((w, who) for w, who, _, _ in stops) == [("0", "another"), ("1", "this")], out[-3000:]
+    assert len({(e, s) for _, _, e, s in stops}) == 1  # the same step everywhere
+    epoch, step = int(stops[0][2]), int(stops[0][3])
+    assert epoch == 1 and 0 < step < 150
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    resumed = re.findall(r"\[worker (\d)\] Resumed from epoch 0, step (\d+)", again.stdout)
+    assert sorted(resumed) == [("0", str(step)), ("1", str(step))], again.stdout[-3000:]
+    sums = _checksums(again.stdout)
+    assert set(sums) == {"worker-0", "worker-1"} and len(set(sums.values())) == 1, sums

@@ -81,3 +81,31 @@ def test_damaged_shard_is_named(records_dir, tmp_path, damage, needle):
     shard.write_bytes(bytes(raw))
     with pytest.raises(UserError, match=f"celeba-train.tfrecord-00001-of-00002.*{needle}"):
         data.load(str(copy))
+
+
+def _epoch_names(info, epoch, skip_steps=0, steps=15, augment=False):
+    """The file names (and flipped-ness) a training epoch feeds, batch 8, 120 train images."""
+    make = data.make_dataset_fn(info.files("train"), info.image_size, 8, training=True, seed=7, with_extras=True,
+                                epoch=epoch, skip_steps=skip_steps, augment_images=augment)
+    out = []
+    for images, _, extras in make().take(steps - skip_steps):
+        out += list(zip(extras["filename"].numpy(), images.numpy().sum(axis=(1, 2, 3)) if augment else [0] * 8,
+                        images.numpy()[:, 0, 0, 0]))
+    return out
+
+
+def test_each_epoch_has_its_own_order_reproducibly(records_dir):
+    info = data.load(records_dir)
+    one, two = _epoch_names(info, 1), _epoch_names(info, 2)
+    assert [n for n, *_ in one] != [n for n, *_ in two]  # a new order every epoch
+    assert sorted(n for n, *_ in one) == sorted(n for n, *_ in two)  # over the same 120 examples
+    assert len({n for n, *_ in one}) == 120
+    assert _epoch_names(info, 1) == one  # and the same order on every run
+
+
+def test_a_resumed_epoch_sees_exactly_the_rest_of_its_own_order(records_dir):
+    info = data.load(records_dir)
+    whole = _epoch_names(info, 3, augment=True)
+    resumed = _epoch_names(info, 3, skip_steps=6, augment=True)
+    assert resumed == whole[6 * 8:]  # same examples, same order, same flips
+    assert sorted(n for n, *_ in whole[:6 * 8] + resumed) == sorted(n for n, *_ in whole)

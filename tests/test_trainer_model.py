@@ -1,4 +1,6 @@
 """Model, precision and feature-cache behaviour, in process on the small records."""
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import tensorflow as tf
 
 from trainer import data, feature_cache, model as model_lib
 from trainer.config import TrainConfig
-from trainer.steps import make_forward, make_train_step, predict
+from trainer.steps import make_train_step
 from trainer.train import Trainer
 
 
@@ -38,7 +40,7 @@ def test_precision_keeps_float32_variables_and_output(records_dir, tmp_path, pol
     dataset_fn = data.streaming_dataset_fn(trainer.config, trainer.info, "train", training=True)
     step = make_train_step(trainer.strategy, net, optimizer, 8, trainer.loss_scaling)
     before = [w.numpy().copy() for w in net.trainable_weights]
-    loss, _ = step(iter(trainer.strategy.distribute_datasets_from_function(dataset_fn)))
+    loss, _, _ = step(iter(trainer.strategy.distribute_datasets_from_function(dataset_fn)))
     assert np.isfinite(float(loss))
     assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, net.trainable_weights))
 
@@ -47,19 +49,22 @@ def test_feature_cache_matches_streaming(records_dir, tmp_path, policy):
     policy("mixed_bfloat16")
     info = data.load(records_dir)
     net = model_lib.build_model(32, "none", (16,), 0.0, "flatten", seed=1)
-    path = str(tmp_path / "cache")
-    cached = feature_cache.build_split(net, info, "test", path, batch_size=8)
+    path = str(tmp_path / "cache" / "test")
+    strategy = tf.distribute.get_strategy()
+    feature_cache.extract(strategy, net, info, "test", path, batch_size=8)
+    cached = feature_cache.load(os.path.join(path, "worker-0-of-1"))
     features = np.stack([f.numpy() for f, _ in cached])
     images = np.concatenate([x.numpy() for x, _ in data.make_dataset_fn(info.files("test"), 32, 8, False)()])
     streamed = model_lib.feature_model(net).predict(images, verbose=0)
     assert features.shape == streamed.shape == (20, 512)
     np.testing.assert_array_equal(features.astype(np.float32), streamed.astype(np.float32))
-    head_probs, _ = predict(make_forward(model_lib.head_model(net)), cached.batch(8))
+    head_probs = model_lib.head_model(net)(tf.constant(features), training=False).numpy()
     np.testing.assert_allclose(head_probs, net.predict(images, verbose=0), atol=1e-6)
-    # a second call reuses the saved features: no file is written again, and they load the same
+    # the cache reuses the saved features: no file is written again, and they load the same
     files = sorted(p for p in tmp_path.joinpath("cache").rglob("*") if p.is_file())
     stamps = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files}
-    again = feature_cache.build_split(net, info, "test", path, batch_size=8)
+    cache = feature_cache.FeatureCache(strategy, net, info, str(tmp_path), "cache", batch_size=8)
+    again = feature_cache.load(os.path.join(cache.split_path("test"), "worker-0-of-1"))
     assert sorted(p for p in tmp_path.joinpath("cache").rglob("*") if p.is_file()) == files
     assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files} == stamps
     np.testing.assert_array_equal(np.stack([f.numpy() for f, _ in again]), features)
@@ -93,10 +98,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(records_dir, t
     def poisoned(*args, **kwargs):
         step = real(*args, **kwargs)
 
-        def run(iterator):
-            loss, correct = step(iterator)
+        def run(iterator, stop=False):
+            loss, correct, votes = step(iterator, stop)
             calls["n"] += 1
-            return (tf.constant(float("nan")) if calls["n"] > 3 else loss), correct
+            return (tf.constant(float("nan")) if calls["n"] > 3 else loss), correct, votes
 
         return run
 

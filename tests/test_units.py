@@ -99,3 +99,17 @@ def test_choose_precision():
     with open("/proc/cpuinfo") as f:
         bf16 = any(flag in f.read().split() for flag in ("avx512_bf16", "amx_bf16"))
     assert distribute.choose_precision("auto") == ("mixed_bfloat16" if bf16 else "float32")
+
+
+def test_feature_cache_key_follows_the_weights_file_content(records_dir, tmp_path):
+    from trainer import data, feature_cache
+
+    info = data.load(records_dir, verify=False)
+    weights = tmp_path / "vgg16_notop.h5"
+    weights.write_bytes(b"first weights")
+    key = feature_cache.cache_key(info, str(weights), "flatten", "float32", 42)
+    assert feature_cache.cache_key(info, str(weights), "flatten", "float32", 42) == key
+    weights.write_bytes(b"other weights")  # changed in place, same path
+    assert feature_cache.cache_key(info, str(weights), "flatten", "float32", 42) != key
+    assert feature_cache.cache_key(info, "imagenet", "avg", "float32", 42) != \
+        feature_cache.cache_key(info, "imagenet", "flatten", "float32", 42)

@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
@@ -24,7 +24,8 @@ class Preempted(Exception):
 
 
 class SigtermFlag:
-    """Turns SIGTERM (preemption) into a flag the loop checks after each step."""
+    """Turns SIGTERM (preemption) into a flag that the next train step shares with every worker (steps.py): the
+    whole cluster then saves at the same step and stops, whichever worker was told."""
 
     def __init__(self):
         self.requested = False
@@ -61,30 +62,31 @@ class LoopState:
         return False
 
 
-def checkpoint_dir_for(model_dir: str, configured: Optional[str], is_chief: bool, task: str) -> str:
-    """The chief saves into model_dir/checkpoints (or Vertex's folder); other workers into a scratch folder."""
-    if not is_chief:  # other workers save too (collectives may need them) but into a scratch folder
-        return tempfile.mkdtemp(prefix=f"ckpt-{task}-")
-    return configured or fileio.join(model_dir, "checkpoints")
+def checkpoint_dirs(model_dir: str, configured: Optional[str], is_chief: bool, task: str) -> Tuple[str, str]:
+    """(read, write): every worker restores from the chief's folder (model_dir/checkpoints or Vertex's); the chief
+    writes there too, the other workers into a scratch folder of their own (TF's multi-worker custom-loop recipe:
+    every worker saves, since saving may involve collectives, but only the chief's copy is kept)."""
+    chief_dir = configured or fileio.join(model_dir, "checkpoints")
+    return chief_dir, chief_dir if is_chief else tempfile.mkdtemp(prefix=f"ckpt-{task}-")
 
 
 class Checkpoints:
     """The latest-state manager (3 kept) and the best-weights manager of one run."""
 
-    def __init__(self, directory: str, model, state: LoopState, optimizers: Dict[str, object]):
-        self.directory, self.model, self.state = directory, model, state
+    def __init__(self, read_dir: str, write_dir: str, model, state: LoopState, optimizers: Dict[str, object]):
+        self.read_dir, self.write_dir, self.model, self.state = read_dir, write_dir, model, state
         self.checkpoint = tf.train.Checkpoint(model=model, **optimizers, **state.trackables())
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=3)
-        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), fileio.join(directory, "best"),
+        self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=3)
+        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), fileio.join(write_dir, "best"),
                                                max_to_keep=1)
 
     @property
     def latest(self) -> Optional[str]:
-        return self.manager.latest_checkpoint
+        return tf.train.latest_checkpoint(self.read_dir)
 
     def restore_latest(self) -> Optional[str]:
-        """Restores the latest checkpoint, if any; returns its path."""
-        latest = self.manager.latest_checkpoint
+        """Restores the chief's latest checkpoint, if any (on every worker); returns its path."""
+        latest = self.latest
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         return latest
@@ -96,10 +98,11 @@ class Checkpoints:
         self.best.save()
 
     def restore_best(self) -> bool:
-        """Loads the best epoch's weights into the model; False when there are none."""
-        if not self.best.latest_checkpoint:
+        """Loads the best epoch's weights (the chief's copy) into the model; False when there are none."""
+        best = tf.train.latest_checkpoint(fileio.join(self.read_dir, "best"))
+        if not best:
             return False
-        tf.train.Checkpoint(model=self.model).restore(self.best.latest_checkpoint).expect_partial()
+        tf.train.Checkpoint(model=self.model).restore(best).expect_partial()
         return True
 
 
@@ -109,8 +112,9 @@ def remove_scratch(directory: str) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def clear_run(paths) -> None:
+def clear_run(model_dir: str, checkpoint_dir: str) -> None:
     """--fresh: deletes the files and folders of an earlier run (checkpoints, history, feature cache, metrics)."""
-    for path in paths:
+    for path in (checkpoint_dir, *(fileio.join(model_dir, name) for name in ("history.csv", "feature_cache",
+                                                                            "metrics.json"))):
         if fileio.exists(path):
             fileio.delete_tree(path) if fileio.isdir(path) else fileio.remove(path)

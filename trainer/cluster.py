@@ -56,6 +56,17 @@ def is_chief(config: Optional[dict]) -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
+def worker_index(config: Optional[dict]) -> int:
+    """This process's place among the chief and workers (0 = the chief, or worker 0 when there is none): the input
+    pipeline id MultiWorkerMirroredStrategy gives it."""
+    if not config:
+        return 0
+    task = config.get("task", {})
+    if task.get("type") == "chief":
+        return 0
+    return int(task.get("index", 0)) + (1 if "chief" in config["cluster"] else 0)
+
+
 def task_id(config: Optional[dict]) -> str:
     if not config:
         return "chief"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -69,11 +69,6 @@ def decode(serialized, image_size: int, with_extras: bool = False):
     return image, label
 
 
-def augment(image, label, *rest):
-    image = tf.image.random_flip_left_right(image)
-    return (image, label, *rest)
-
-
 def fits_in_memory(num_examples: int, image_size: int, fraction: float = 0.5) -> bool:
     """Whether decoded uint8 images would take under `fraction` of the available memory."""
     return num_examples * image_size * image_size * 3 < fraction * _available_memory()
@@ -91,42 +86,68 @@ def _available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def epoch_seed(seed: Optional[int], epoch: int) -> Optional[int]:
+    """The shuffle seed of one epoch: a different order every epoch, the same order on every run and resume."""
+    return None if seed is None else (seed * 1_000_003 + epoch) % (1 << 31)
+
+
+def _records(files: List[str], pipelines: int, pipeline_id: int, shuffle_seed: Optional[int], deterministic: bool,
+             shuffle_files: bool = False) -> tf.data.Dataset:
+    """The serialized records of this input pipeline's share: its own shards (FILE sharding), or every n-th record
+    of all of them when there are fewer shards than pipelines; in file order unless `shuffle_files`."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    by_file = pipelines == 1 or len(files) >= pipelines
+    if pipelines > 1 and by_file:
+        ds = ds.shard(pipelines, pipeline_id)
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=shuffle_seed)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+                       cycle_length=max(1, min(len(files), 16)), block_length=1,
+                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if not by_file:
+        ds = ds.shard(pipelines, pipeline_id)
+    return ds
+
+
 def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, training: bool,
                     shuffle_buffer: int = 2048, augment_images: bool = False, cache: bool = False,
                     seed: Optional[int] = None, with_extras: bool = False,
-                    drop_remainder: Optional[bool] = None) -> Callable:
-    """A dataset_fn(input_context) yielding per-replica batches; usable with or without a strategy."""
+                    drop_remainder: Optional[bool] = None, epoch: int = 0, skip_steps: int = 0,
+                    memory_cache: Optional[Dict[int, tf.data.Dataset]] = None) -> Callable:
+    """A dataset_fn(input_context) yielding per-replica batches; usable with or without a strategy.
+
+    Training pipelines shuffle with epoch_seed(seed, epoch) and skip the first `skip_steps` global batches (a resumed
+    epoch continues its own order, so every example of the epoch is seen once). Each input pipeline reads its own
+    shards (or every n-th record when there are fewer shards than pipelines), so each example is read exactly once.
+    With `cache`, pass the same `memory_cache` dict every epoch: the decoded images it holds are then kept.
+    """
     drop_remainder = training if drop_remainder is None else drop_remainder
     deterministic = not training or seed is not None
+    shuffle_seed = epoch_seed(seed, epoch)
+    decode_fn = lambda r: decode(r, image_size, with_extras)  # noqa: E731
+    cached = {} if memory_cache is None else memory_cache  # --cache: one decoded dataset per pipeline
 
     def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
-        batch = global_batch_size
-        pipelines, pipeline_id = 1, 0
+        batch, pipelines, pipeline_id = global_batch_size, 1, 0
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(global_batch_size)
             pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        by_file = pipelines == 1 or len(files) >= pipelines
-        if pipelines > 1 and by_file:  # FILE sharding: each input pipeline reads its own shards
-            ds = ds.shard(pipelines, pipeline_id)
-        if training:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
-                           cycle_length=max(1, min(len(files), 16)), block_length=1,
-                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        if not by_file:  # fewer shards than pipelines: every pipeline reads all, keeps every n-th record
-            ds = ds.shard(pipelines, pipeline_id)
-        decode_fn = lambda r: decode(r, image_size, with_extras)  # noqa: E731
-        if cache:  # decode once, keep the pixels; shuffling happens after the cache so each epoch differs
-            ds = ds.map(decode_fn, num_parallel_calls=AUTOTUNE).cache()
+        skip = skip_steps * (global_batch_size // pipelines)  # the examples this pipeline already fed
+        if cache:  # decode once, keep the pixels; the shuffle comes after the cache, so each epoch differs
+            if pipeline_id not in cached:
+                cached[pipeline_id] = _records(files, pipelines, pipeline_id, None, deterministic).map(
+                    decode_fn, num_parallel_calls=AUTOTUNE).cache()
+            ds = cached[pipeline_id]
             if training:
-                ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+                ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed).repeat().skip(skip)
         else:
+            ds = _records(files, pipelines, pipeline_id, shuffle_seed if training else None, deterministic,
+                          shuffle_files=training)
             if training:
-                ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+                ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True).repeat().skip(skip)
             ds = ds.map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        if training and augment_images:
-            ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+        if training and augment_images:  # flips seeded per epoch too, by position in the epoch
+            ds = ds.enumerate(start=skip).map(_seeded_flip(shuffle_seed), num_parallel_calls=AUTOTUNE)
         ds = ds.batch(batch, drop_remainder=drop_remainder)
         options = tf.data.Options()
         options.deterministic = deterministic
@@ -137,10 +158,23 @@ def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, t
     return dataset_fn
 
 
-def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool) -> Callable:
+def _seeded_flip(seed: Optional[int]) -> Callable:
+    """Random flips that depend on (seed, position in the epoch) only: reproducible, and the same after a resume."""
+
+    def flip(index, example):
+        key = tf.stack([tf.constant(seed or 0, tf.int64), tf.cast(index, tf.int64)])
+        return (tf.image.stateless_random_flip_left_right(example[0], seed=key), *example[1:])
+
+    return flip
+
+
+def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool, epoch: int = 0,
+                         skip_steps: int = 0, with_extras: bool = False,
+                         memory_cache: Optional[Dict[int, tf.data.Dataset]] = None) -> Callable:
     """make_dataset_fn with a TrainConfig's settings (augment and --cache apply to training only)."""
     num_train = info.num_examples("train")
     return make_dataset_fn(
         info.files(split), info.image_size, config.batch_size, training=training,
         shuffle_buffer=config.shuffle_buffer, augment_images=config.augment and training,
-        cache=config.cache and training and fits_in_memory(num_train, info.image_size), seed=config.seed)
+        cache=config.cache and training and fits_in_memory(num_train, info.image_size), seed=config.seed,
+        with_extras=with_extras, epoch=epoch, skip_steps=skip_steps, memory_cache=memory_cache)

@@ -70,6 +70,27 @@ def check_global_batch(strategy, batch_size: int) -> int:
     return replicas
 
 
+class Votes:
+    """Cluster-wide yes/no questions: a traced collective that every worker must join (so also a barrier)."""
+
+    def __init__(self, strategy):
+        import tensorflow as tf
+
+        @tf.function
+        def vote(value):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda v: v, args=(value,)), axis=None)
+
+        self._vote, self._tf = vote, tf
+
+    def any_worker(self, flag: bool) -> bool:
+        """Whether `flag` is true on any worker."""
+        return float(self._vote(self._tf.constant(1.0 if flag else 0.0))) > 0
+
+    def barrier(self) -> None:
+        """Returns once every worker has reached it."""
+        self.any_worker(False)
+
+
 def strategy_name(strategy) -> str:
     import tensorflow as tf
 

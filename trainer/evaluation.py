@@ -5,29 +5,72 @@ training loop for it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
-from typing import Dict
+from typing import Callable, Dict, Tuple
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from celeba_common import fileio
 from preprocessing.manifest import write_json
-from trainer import data, metrics as metrics_lib
-from trainer.steps import make_forward, predict
+from trainer import data, feature_cache, metrics as metrics_lib, model as model_lib
+from trainer.steps import evaluate_distributed, gather_predictions, make_evaluate
 
 
-def evaluate_model(net: keras.Model, info: data.DatasetInfo, split: str, batch_size: int) -> Dict:
-    """metrics.json's contents for `split`: `<split>_accuracy`, `<split>_loss`, ROC AUC, confusion, slices."""
-    ds = data.make_dataset_fn(info.files(split), info.image_size, batch_size, training=False, with_extras=True)()
-    probs, labels, attributes, _ = predict(make_forward(net), ds, with_extras=True)
+def evaluate_model(net: keras.Model, info: data.DatasetInfo, split: str, batch_size: int, strategy=None) -> Dict:
+    """metrics.json's contents for `split`: `<split>_accuracy`, `<split>_loss`, ROC AUC, confusion, slices.
+
+    Runs on every replica and worker of `strategy` (default: this process's), each example once; RuntimeError when
+    the count differs from the manifest's.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    dataset_fn = data.make_dataset_fn(info.files(split), info.image_size, batch_size, training=False,
+                                      with_extras=True)
+    probs, labels, attributes = gather_predictions(strategy, net, dataset_fn)
+    if len(labels) != info.num_examples(split):
+        raise RuntimeError(f"evaluated {len(labels)} {split} examples, the manifest says {info.num_examples(split)}")
     result = metrics_lib.classification_metrics(probs, labels, attributes)
     prefixed = {f"{split}_{k}" if k in ("accuracy", "loss") else k: v for k, v in result.items()}
     prefixed["split"] = split
     return prefixed
+
+
+class Validation:
+    """Per-epoch validation on every replica and worker, each example counted once: cached features through the
+    head while they serve the epoch, else images through the whole model."""
+
+    def __init__(self, strategy, net: keras.Model, info: data.DatasetInfo, config, features=None):
+        self.strategy, self.net, self.info, self.config, self.features = strategy, net, info, config, features
+        self._evaluators: Dict[str, Callable] = {}
+
+    def run(self, on_cached_features: bool) -> Tuple[float, float]:
+        """(val_loss, val_accuracy)."""
+        config = self.config
+        if on_cached_features:
+            dataset_fn = feature_cache.dataset_fn(self.features.split_path("validation"), config.batch_size, False,
+                                                  1, config.seed)
+            which, net = "head", model_lib.head_model(self.net)
+        else:
+            dataset_fn = data.streaming_dataset_fn(config, self.info, "validation", training=False)
+            which, net = "model", self.net
+        if which not in self._evaluators:
+            self._evaluators[which] = make_evaluate(self.strategy, net)
+        return evaluate_distributed(self.strategy, self._evaluators[which], dataset_fn,
+                                    self.info.num_examples("validation"))
+
+
+def run_facts(config, info: data.DatasetInfo, strategy, policy: str, best_epoch) -> Dict:
+    """What metrics.json says about the run besides the metrics."""
+    from trainer import distribute
+
+    return {"best_epoch": best_epoch, "precision": policy, "strategy": distribute.strategy_name(strategy),
+            "replicas": strategy.num_replicas_in_sync, "flags": jsonable(dataclasses.asdict(config)),
+            "image_size": info.image_size, "data_dir": config.data_dir}
 
 
 def save_evaluation(result: Dict, model_dir: str, suffix: str = "") -> None:

@@ -5,31 +5,31 @@ once; every later epoch trains the head on the saved features (tf.data.Dataset.s
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from trainer import data, model as model_lib
+from trainer import data, distribute, model as model_lib
 
 DONE = "_DONE"
 LOG = logging.getLogger("trainer")
 
 
-def wanted(config, multi_worker: bool) -> bool:
+def wanted(config) -> bool:
     """Whether the head phase trains on cached features; UserError when --feature_cache=on cannot apply."""
     if config.feature_cache == "off":
         return False
     reason = None
     if config.augment:
         reason = "--augment changes the images every epoch"
-    elif multi_worker:
-        reason = "it is single-machine (multi-worker training streams)"
     elif config.epochs == 0:
         reason = "there is no frozen-backbone phase"
     if reason and config.feature_cache == "on":
@@ -45,57 +45,117 @@ def cache_key(info: data.DatasetInfo, weights: str, pooling: str, policy: str, s
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def build_split(net: keras.Model, info: data.DatasetInfo, split: str, path: str,
-                batch_size: int) -> tf.data.Dataset:
-    """The pooled features of one split as a dataset of (features, one-hot label); computed only when not saved."""
-    if fileio.exists(fileio.join(path, DONE)):
-        return tf.data.Dataset.load(path)
-    LOG.info("feature cache: computing the backbone features of the %s split (once) into %s", split, path)
+PART_EXAMPLES = 4096  # features are saved in parts of this many examples, so extraction memory stays bounded
+
+
+def _worker_folder(path: str, pipeline_id: int, pipelines: int) -> str:
+    return fileio.join(path, f"worker-{pipeline_id}-of-{pipelines}")
+
+
+def _save_part(folder: str, index: int, features: List[np.ndarray], labels: List[np.ndarray]) -> int:
+    f, l = np.concatenate(features), np.concatenate(labels)
+    tf.data.Dataset.from_tensor_slices((f, l)).save(fileio.join(folder, f"part-{index:05d}"))
+    return len(l)
+
+
+def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, split: str, path: str,
+            batch_size: int) -> None:
+    """Runs the backbone over the split on every replica; each worker saves the features of its own input shard.
+
+    Every worker must call this together (the distributed iterator synchronizes them).
+    """
     features = model_lib.feature_model(net)
-    forward = tf.function(lambda x: features(x, training=False))
-    source = data.make_dataset_fn(info.files(split), info.image_size, batch_size, training=False,
-                                  with_extras=False)()
+    forward = tf.function(lambda x, y: (features(x, training=False), y))
+    seen: Dict[str, int] = {}
+    source_fn = data.make_dataset_fn(info.files(split), info.image_size, batch_size, training=False)
 
-    def generate():
-        for images, labels in source:
-            yield forward(images), labels
+    def dataset_fn(context):
+        seen.update(pipeline=context.input_pipeline_id, pipelines=context.num_input_pipelines)
+        return source_fn(context)
 
-    spec = (tf.TensorSpec([None, features.output.shape[-1]], features.output.dtype),
-            tf.TensorSpec([None, 2], tf.float32))
-    tf.data.Dataset.from_generator(generate, output_signature=spec).unbatch().save(path)
-    fileio.write_bytes(fileio.join(path, DONE), b"")  # last: a half-written cache is never loaded
-    return tf.data.Dataset.load(path)
+    dist = strategy.distribute_datasets_from_function(dataset_fn)
+    run = tf.function(lambda images, labels: strategy.run(forward, args=(images, labels)), reduce_retracing=True)
+    folder = _worker_folder(path, seen["pipeline"], seen["pipelines"])
+    if fileio.exists(folder):
+        fileio.delete_tree(folder)  # a run killed mid-extraction left it: never read, rewritten
+    LOG.info("feature cache: computing the backbone features of the %s split (once) into %s", split, folder)
+    parts = total = pending = 0
+    buffered_f: List[np.ndarray] = []
+    buffered_l: List[np.ndarray] = []
+    for images, labels in dist:
+        outputs = run(images, labels)
+        buffered_f += [t.numpy() for t in strategy.experimental_local_results(outputs[0])]
+        buffered_l += [t.numpy() for t in strategy.experimental_local_results(outputs[1])]
+        pending = sum(len(b) for b in buffered_l)
+        if pending >= PART_EXAMPLES:
+            total += _save_part(folder, parts, buffered_f, buffered_l)
+            parts, buffered_f, buffered_l = parts + 1, [], []
+    if sum(len(b) for b in buffered_l):
+        total += _save_part(folder, parts, buffered_f, buffered_l)
+        parts += 1
+    fileio.write_bytes(fileio.join(folder, DONE), json.dumps({"parts": parts, "examples": total}).encode())
 
 
-def dataset_fn(cached: tf.data.Dataset, global_batch: int, training: bool, buffer: int, seed: int) -> Callable:
-    """A dataset_fn(input_context) over cached features: shuffled and repeated for training, in order otherwise."""
+def load(folder: str) -> tf.data.Dataset:
+    """One worker's saved features, in order."""
+    done = json.loads(fileio.read_bytes(fileio.join(folder, DONE)))
+    parts = [tf.data.Dataset.load(fileio.join(folder, f"part-{i:05d}")) for i in range(done["parts"])]
+    if not parts:
+        raise RuntimeError(f"feature cache {folder} holds no examples")
+    return functools.reduce(lambda a, b: a.concatenate(b), parts)
+
+
+def dataset_fn(path: str, global_batch: int, training: bool, buffer: int, seed: int,
+               skip_steps: int = 0) -> Callable:
+    """A dataset_fn(input_context) over this pipeline's cached features: shuffled (seeded per epoch), repeated and
+    resumed at `skip_steps` for training; in order, every example once, otherwise."""
 
     def make(input_context=None):
-        ds = cached
-        batch = global_batch
+        batch, pipelines, pipeline_id = global_batch, 1, 0
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(global_batch)
+            pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        ds = load(_worker_folder(path, pipeline_id, pipelines))
         if training:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+            ds = ds.skip(skip_steps * (global_batch // pipelines))
         return ds.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
     return make
 
 
 class FeatureCache:
-    """The cached features of one model's backbone on one dataset, built split by split on first use."""
+    """The cached features of one model's backbone on one dataset, extracted split by split on first use.
 
-    def __init__(self, net: keras.Model, info: data.DatasetInfo, root: str, key: str, batch_size: int):
-        self.net, self.info, self.batch_size = net, info, batch_size
+    Each worker keeps the features of its own input shard (worker-I-of-N), the same shard its input pipeline reads.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, root: str,
+                 key: str, batch_size: int, worker_index: int = 0, num_workers: int = 1):
+        self.strategy, self.net, self.info, self.batch_size = strategy, net, info, batch_size
+        self.votes = distribute.Votes(strategy)
         self.root, self.path = root, fileio.join(root, key)
-        self._splits: Dict[str, tf.data.Dataset] = {}
+        self.worker_index, self.num_workers = worker_index, num_workers
+        self._ready: Dict[str, bool] = {}
 
-    def split(self, name: str) -> tf.data.Dataset:
-        if name not in self._splits:
-            self._splits[name] = build_split(self.net, self.info, name, fileio.join(self.path, name),
-                                             self.batch_size)
-        return self._splits[name]
+    def split_path(self, split: str) -> str:
+        """The split's cache folder, extracted first if any worker lacks its part (all workers call this together)."""
+        path = fileio.join(self.path, split)
+        if not self._ready.get(split):
+            mine = _worker_folder(path, self.worker_index, self.num_workers)
+            if self.votes.any_worker(not fileio.exists(fileio.join(mine, DONE))):
+                extract(self.strategy, self.net, self.info, split, path, self.batch_size)
+            self._ready[split] = True
+        return path
 
     def remove(self) -> None:
         if fileio.exists(self.root):
             fileio.delete_tree(self.root)
+
+
+def for_run(config, strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, policy: str,
+            worker_index: int, num_workers: int) -> FeatureCache:
+    """The feature cache of a training run: under model_dir/feature_cache, keyed by what decides the features."""
+    key = cache_key(info, config.weights, config.pooling, policy, config.seed)
+    return FeatureCache(strategy, net, info, fileio.join(config.model_dir, "feature_cache"), key, config.batch_size,
+                        worker_index, num_workers)

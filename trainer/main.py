@@ -43,6 +43,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         trainer.train()
         result = trainer.evaluate_and_export()
+        trainer.finish()
     except Preempted as e:
         sys.stderr.write(f"{e}; rerun the same command to resume\n")
         return 143

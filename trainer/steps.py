@@ -1,8 +1,11 @@
-"""The compiled pieces of the loop: the distributed train step and the inference helpers.
+"""The compiled pieces of the loop: the distributed train loop, distributed evaluation and inference.
 
 Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so the step is written with
 `strategy.run` + `distribute_datasets_from_function` + `tf.nn.compute_average_loss(global_batch_size=...)`, which
 works the same under the default, one-device, mirrored and multi-worker strategies.
+
+Everything here that reduces across replicas does it with collectives that every replica of every worker joins, so
+every worker sees the same numbers and takes the same branch: the same stop decision, the same skipped step.
 """
 from __future__ import annotations
 
@@ -12,12 +15,33 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+SUM = tf.distribute.ReduceOp.SUM
+EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1] before the log, here and in metrics.py
+
+
+def _skip_step_everywhere_on_overflow(grads):
+    """Non-finite gradients on any replica make every replica's gradients non-finite.
+
+    Keras 3's LossScaleOptimizer decides "finite" from the first replica's gradients, assuming they were already
+    all-reduced; in a custom step they are not yet (the inner optimizer sums them later). Poisoning all of them
+    when any replica overflowed makes every replica skip the step and lower the loss scale identically.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    context = tf.distribute.get_replica_context()
+    overflowed = context.all_reduce(SUM, 1.0 - tf.cast(finite, tf.float32))
+    poison = tf.where(overflowed > 0, tf.constant(float("inf")), tf.constant(0.0))
+    return [g + tf.cast(poison, g.dtype) for g in grads]
+
 
 def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimizer, global_batch: int,
                     loss_scaling: bool) -> Callable:
-    """train_step(iterator) -> (summed loss, number correct) over all replicas, for one global batch."""
+    """train_step(iterator, stop=False) -> [loss, correct, stop votes], each summed over all replicas and workers.
 
-    def step_fn(inputs, labels):
+    `stop` is this worker's wish to stop (SIGTERM); the votes come back summed, so every worker learns of a stop
+    asked anywhere at the same step.
+    """
+
+    def step_fn(inputs, labels, stop):
         with tf.GradientTape() as tape:
             probs = net(inputs, training=True)
             per_example = keras.losses.categorical_crossentropy(labels, probs)
@@ -25,44 +49,70 @@ def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimize
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         variables = net.trainable_variables
         grads = tape.gradient(scaled, variables)
+        if loss_scaling:
+            grads = _skip_step_everywhere_on_overflow(grads)
         optimizer.apply(grads, variables)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32))
-        return loss, correct
+        return tf.stack([tf.cast(loss, tf.float32), correct, tf.cast(stop, tf.float32)])
 
     @tf.function
-    def train_step(iterator):
+    def train_step(iterator, stop=False):
         inputs, labels = next(iterator)
-        loss, correct = strategy.run(step_fn, args=(inputs, labels))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+        return strategy.reduce(SUM, strategy.run(step_fn, args=(inputs, labels, stop)), axis=None)
 
     return train_step
 
 
-def make_forward(net: keras.Model) -> Callable:
-    """One traced inference function for `net`; keep it and reuse it (each call of this traces anew)."""
-    return tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+def make_evaluate(strategy: tf.distribute.Strategy, net: keras.Model) -> Callable:
+    """evaluate(distributed dataset) -> [loss sum, correct, count] over every example, on every replica and worker.
+
+    Sums and counts, not means of batch means: a partial last batch (or an empty one, on a replica whose data ran
+    out first) counts exactly for what it holds.
+    """
+
+    def replica_fn(inputs, labels):
+        probs = tf.cast(net(inputs, training=False), tf.float32)
+        p_true = tf.clip_by_value(tf.reduce_sum(labels * probs, axis=-1), EPSILON, 1.0)
+        correct = tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32)
+        return tf.stack([-tf.reduce_sum(tf.math.log(p_true)), tf.reduce_sum(correct),
+                         tf.cast(tf.shape(labels)[0], tf.float32)])
+
+    @tf.function
+    def evaluate(dist_dataset):
+        totals = tf.zeros([3], tf.float32)
+        for inputs, labels in dist_dataset:
+            totals += strategy.reduce(SUM, strategy.run(replica_fn, args=(inputs, labels)), axis=None)
+        return totals
+
+    return evaluate
 
 
-def predict(forward: Callable, dataset: tf.data.Dataset, with_extras: bool = False):
-    """Runs `forward` over a (non-distributed) dataset on this process; returns probs, labels (+ attributes, names)."""
-    probs, labels, attributes, names = [], [], [], []
-    for batch in dataset:
-        probs.append(forward(batch[0]).numpy())
-        labels.append(np.argmax(batch[1].numpy(), axis=-1))
-        if with_extras:
-            attributes.append(batch[2]["attributes"].numpy())
-            names.append(batch[2]["filename"].numpy())
-    probs = np.concatenate(probs) if probs else np.zeros((0, 2), np.float32)
-    labels = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
-    if with_extras:
-        return probs, labels, np.concatenate(attributes), np.concatenate(names)
-    return probs, labels
+def evaluate_distributed(strategy: tf.distribute.Strategy, evaluate: Callable, dataset_fn: Callable,
+                         expected: int) -> Tuple[float, float]:
+    """(mean loss, accuracy) of a split through `evaluate`; RuntimeError unless exactly `expected` were counted."""
+    loss_sum, correct, count = (float(v) for v in evaluate(strategy.distribute_datasets_from_function(dataset_fn)))
+    if int(round(count)) != expected:
+        raise RuntimeError(f"evaluated {int(round(count))} examples, the manifest says {expected}")
+    return (loss_sum / count, correct / count) if count else (float("nan"), float("nan"))
 
 
-def loss_and_accuracy(probs: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
-    """Mean cross-entropy and accuracy of softmax outputs; NaN for an empty split."""
-    if not len(labels):
-        return float("nan"), float("nan")
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
-    return float(-np.mean(np.log(p))), float(np.mean(probs.argmax(-1) == labels))
+def gather_predictions(strategy: tf.distribute.Strategy, net: keras.Model, dataset_fn: Callable):
+    """probs [N, 2], labels [N], attributes [N, 40] of a split (extras dataset), gathered from every replica and
+    worker onto each worker (order: by replica, not by file)."""
+    def replica_fn(inputs, labels, extras):
+        return tf.cast(net(inputs, training=False), tf.float32), tf.argmax(labels, -1), extras["attributes"]
+
+    @tf.function(reduce_retracing=True)
+    def gather_step(inputs, labels, extras):
+        results = strategy.run(replica_fn, args=(inputs, labels, extras))
+        return [strategy.gather(r, axis=0) for r in results]
+
+    probs, labels, attributes = [], [], []
+    for inputs, labels_batch, extras in strategy.distribute_datasets_from_function(dataset_fn):
+        gathered = [t.numpy() for t in gather_step(inputs, labels_batch, extras)]
+        probs.append(gathered[0])
+        labels.append(gathered[1])
+        attributes.append(gathered[2])
+    if not probs:
+        return np.zeros((0, 2), np.float32), np.zeros((0,), np.int64), np.zeros((0, 40), np.int64)
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(attributes)

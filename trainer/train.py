@@ -24,7 +24,7 @@ from trainer import (checkpoints, cluster, data, distribute, evaluation, feature
                      model as model_lib)
 from trainer.checkpoints import Preempted  # noqa: F401  (raised by train(); main catches it from here)
 from trainer.config import TrainConfig
-from trainer.steps import loss_and_accuracy, make_forward, make_train_step, predict
+from trainer.steps import make_train_step
 
 LOG = logging.getLogger("trainer")
 
@@ -63,22 +63,24 @@ class Trainer:
         self.is_chief = cluster.is_chief(self.cluster)
         self.strategy = distribute.make_strategy(config.strategy, config.cross_device_ops)
         self.replicas = distribute.check_global_batch(self.strategy, config.batch_size)
+        self.votes = distribute.Votes(self.strategy)
         self.info = data.load_for_training(config.data_dir, config.verify_data, config.batch_size)
         self.num_train = self.info.num_examples("train")
         self.steps_per_epoch = config.steps_per_epoch or self.num_train // config.batch_size
         self.policy = distribute.choose_precision(config.precision)
         distribute.set_precision(self.policy)
         self.loss_scaling = self.policy == "mixed_float16"
-        self.use_feature_cache = feature_cache.wanted(
-            config, multi_worker=isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy))
-        self.checkpoint_dir = checkpoints.checkpoint_dir_for(config.model_dir, config.checkpoint_dir, self.is_chief,
-                                                             cluster.task_id(self.cluster))
+        self.use_feature_cache = feature_cache.wanted(config)
+        multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self.num_workers = cluster.num_tasks(self.cluster) if multi_worker else 1
+        self.checkpoint_dir, self.write_dir = checkpoints.checkpoint_dirs(
+            config.model_dir, config.checkpoint_dir, self.is_chief, cluster.task_id(self.cluster))
         self.history_path = fileio.join(config.model_dir, "history.csv")
         tensorboard_dir = config.tensorboard_dir or fileio.join(config.model_dir, "logs")
         self.report = metrics_lib.EpochReport(config.model_dir, tensorboard_dir) if self.is_chief else None
         self.sigterm = checkpoints.SigtermFlag()
         self._steps: Dict[Tuple[str, bool], Callable] = {}
-        self._forwards: Dict[str, Callable] = {}
+        self._memory_cache: Dict[int, tf.data.Dataset] = {}  # --cache: decoded images kept across epochs
         LOG.info("Strategy: %s", distribute.describe(self.strategy))
         LOG.info("global batch %d (%d per replica); precision %s; feature cache %s", config.batch_size,
                  config.batch_size // self.replicas, self.policy, "on" if self.use_feature_cache else "off")
@@ -99,20 +101,18 @@ class Trainer:
                 model_lib.backbone(self.model).trainable = False
             self.state = checkpoints.LoopState()
         self.optimizers = optimizers
-        self.checkpoints = checkpoints.Checkpoints(self.checkpoint_dir, self.model, self.state, optimizers)
-        self.features = None
-        if self.use_feature_cache:
-            root = fileio.join(config.model_dir, "feature_cache")
-            key = feature_cache.cache_key(self.info, config.weights, config.pooling, self.policy, config.seed)
-            self.features = feature_cache.FeatureCache(self.model, self.info, root, key, config.batch_size)
+        self.checkpoints = checkpoints.Checkpoints(self.checkpoint_dir, self.write_dir, self.model, self.state,
+                                                   optimizers)
+        self.features = feature_cache.for_run(config, self.strategy, self.model, self.info, self.policy,
+                                              cluster.worker_index(self.cluster), self.num_workers) \
+            if self.use_feature_cache else None
+        self.validation = evaluation.Validation(self.strategy, self.model, self.info, config, self.features)
 
     def _restore(self) -> List[dict]:
         """Resumes from the latest checkpoint (or clears the run with --fresh); returns the history kept."""
         config = self.config
         if config.fresh and self.is_chief:
-            checkpoints.clear_run([self.checkpoint_dir, self.history_path,
-                                   fileio.join(config.model_dir, "feature_cache"),
-                                   fileio.join(config.model_dir, "metrics.json")])
+            checkpoints.clear_run(config.model_dir, self.checkpoint_dir)
         latest = None if config.fresh else self.checkpoints.restore_latest()
         if not latest:
             return []
@@ -136,27 +136,31 @@ class Trainer:
             epoch = int(self.state.epoch.numpy()) + 1
             start = time.time()
             print(f"Epoch {epoch}/{total}", flush=True)
-            phase = self._phase(epoch)
+            phase = self._phase(epoch, int(self.state.step_in_epoch.numpy()))
             totals = self._run_steps(epoch, phase)
             self._finish_epoch(epoch, phase, totals, start, history)
         LOG.info("weights checksum (%s): %s", cluster.task_id(self.cluster), evaluation.weights_checksum(self.model))
+        self.votes.barrier()  # the chief's last (best) checkpoint is written before anyone reads it
         if config.restore_best and self.checkpoints.restore_best():
             LOG.info("Restored the weights of epoch %d (lowest val_loss %.4f)", int(self.state.best_epoch.numpy()),
                      float(self.state.best_val_loss.numpy()))
         return {"history": history}
 
-    def _phase(self, epoch: int) -> Phase:
+    def _phase(self, epoch: int, first_step: int) -> Phase:
+        """What epoch `epoch` trains, its data in that epoch's own order, resumed after `first_step` steps."""
         config = self.config
+        streaming = data.streaming_dataset_fn(config, self.info, "train", training=True, epoch=epoch,
+                                              skip_steps=first_step, memory_cache=self._memory_cache)
         if epoch > config.epochs:
             with self.strategy.scope():
                 model_lib.unfreeze_from(self.model, config.fine_tune_from)
             return Phase("fine_tune", self.model, self.optimizers["fine_tune_optimizer"], config.fine_tune_lr,
-                         data.streaming_dataset_fn(config, self.info, "train", training=True), False)
+                         streaming, False)
         if self.features is None:
-            return Phase("head", self.model, self.optimizers["optimizer"], config.lr,
-                         data.streaming_dataset_fn(config, self.info, "train", training=True), False)
-        dataset_fn = feature_cache.dataset_fn(self.features.split("train"), config.batch_size, True,
-                                              max(config.shuffle_buffer, 10000), config.seed + epoch)
+            return Phase("head", self.model, self.optimizers["optimizer"], config.lr, streaming, False)
+        dataset_fn = feature_cache.dataset_fn(self.features.split_path("train"), config.batch_size, True,
+                                              max(config.shuffle_buffer, 10000), data.epoch_seed(config.seed, epoch),
+                                              skip_steps=first_step)
         return Phase("head", model_lib.head_model(self.model), self.optimizers["optimizer"], config.lr, dataset_fn,
                      True)
 
@@ -175,32 +179,20 @@ class Trainer:
         loss_sum = correct_sum = 0.0
         seen, start = 0, time.time()
         for step in range(int(self.state.step_in_epoch.numpy()), steps):
-            loss, correct = (float(t) for t in step_fn(iterator))
+            loss, correct, stop = (float(t) for t in step_fn(iterator, tf.constant(self.sigterm.requested)))
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"loss became {loss} at epoch {epoch}, step {step + 1}")
             seen, loss_sum, correct_sum = seen + 1, loss_sum + loss, correct_sum + correct
             bar.update(step + 1, [("loss", loss_sum / seen), ("accuracy", correct_sum / (seen * config.batch_size)),
                                   ("images/s", seen * config.batch_size / max(time.time() - start, 1e-9))])
             self.state.step_in_epoch.assign(step + 1)
-            if self.sigterm.requested:
+            if stop:  # SIGTERM reached some worker: all of them save this same step and stop
                 self.checkpoints.save()
-                raise Preempted(f"stopped by SIGTERM at epoch {epoch}, step {step + 1}; checkpoint saved")
+                who = "this worker" if self.sigterm.requested else "another worker"
+                raise Preempted(f"stopped by SIGTERM (to {who}) at epoch {epoch}, step {step + 1}; checkpoint saved")
             if config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and step + 1 < steps:
                 self.checkpoints.save()
         return loss_sum, correct_sum, seen, time.time() - start
-
-    def _validate(self, phase: Phase) -> Tuple[float, float]:
-        """Per-epoch validation, on this process: cached features through the head, or images through the model."""
-        if phase.use_cache:
-            ds = feature_cache.dataset_fn(self.features.split("validation"), self.config.batch_size, False, 1,
-                                          self.config.seed)()
-            which, net = "head", model_lib.head_model(self.model)
-        else:
-            ds = data.streaming_dataset_fn(self.config, self.info, "validation", training=False)()
-            which, net = "model", self.model
-        if which not in self._forwards:
-            self._forwards[which] = make_forward(net)
-        return loss_and_accuracy(*predict(self._forwards[which], ds))
 
     def _finish_epoch(self, epoch: int, phase: Phase, totals: Tuple[float, float, int, float], start: float,
                       history: List[dict]) -> None:
@@ -208,7 +200,7 @@ class Trainer:
         resume drops), keeps the best weights, then checkpoints the end of the epoch."""
         loss_sum, correct_sum, seen, train_seconds = totals
         images = seen * self.config.batch_size
-        val_loss, val_accuracy = self._validate(phase)
+        val_loss, val_accuracy = self.validation.run(phase.use_cache)
         history.append({"epoch": epoch, "phase": phase.name, "loss": round(loss_sum / max(seen, 1), 6),
                         "accuracy": round(correct_sum / max(images, 1), 6), "val_loss": round(val_loss, 6),
                         "val_accuracy": round(val_accuracy, 6), "lr": phase.lr,
@@ -229,11 +221,9 @@ class Trainer:
         """Test metrics, plots, metrics.json, the SavedModel and the .keras file (chief only)."""
         config = self.config
         split = "test" if self.info.has("test") else "validation"
-        result = evaluation.evaluate_model(self.model, self.info, split, config.batch_size)
-        result.update({"best_epoch": int(self.state.best_epoch.numpy()) if config.restore_best else None,
-                       "precision": self.policy, "strategy": distribute.strategy_name(self.strategy),
-                       "replicas": self.replicas, "flags": evaluation.jsonable(dataclasses.asdict(config)),
-                       "image_size": self.info.image_size, "data_dir": config.data_dir})
+        result = evaluation.evaluate_model(self.model, self.info, split, config.batch_size, self.strategy)
+        result.update(evaluation.run_facts(config, self.info, self.strategy, self.policy,
+                                           int(self.state.best_epoch.numpy()) if config.restore_best else None))
         if not self.is_chief:
             return result
         evaluation.save_evaluation(result, config.model_dir)
@@ -243,6 +233,10 @@ class Trainer:
             self.features.remove()
         return result
 
+    def finish(self) -> None:
+        """The last barrier: no worker exits (and tears down the collectives) while another still works."""
+        self.votes.barrier()
+
     def cleanup(self) -> None:
         if not self.is_chief:
-            checkpoints.remove_scratch(self.checkpoint_dir)
+            checkpoints.remove_scratch(self.write_dir)
