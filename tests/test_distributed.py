@@ -171,3 +171,13 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(records_dir, 
     assert sorted(resumed) == [("0", str(step)), ("1", str(step))], again.stdout[-3000:]
     sums = _checksums(again.stdout)
     assert set(sums) == {"worker-0", "worker-1"} and len(set(sums.values())) == 1, sums
+
+
+def test_an_overflow_on_one_replica_skips_the_step_on_every_replica():
+    """mixed_float16, 2 logical CPUs: replica 1's batch overflows float16, replica 0's does not."""
+    proc = run_cli(os.path.join(ROOT, "tests", "helpers", "loss_scale_two_replicas.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["weights_unchanged"] and result["weights_finite"], result
+    assert result["scale_after"] == result["scale_before"] / 2  # lowered once, the same on every replica
