@@ -109,8 +109,23 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    with open_write(path) as f:
-        f.write(data)
+    """Writes the whole file atomically: readers see the old content or the new, never a cut one. Locally through a
+    temporary file renamed over the target; on gs:// an object upload is atomic by itself."""
+    if is_remote(path):
+        with open_write(path) as f:
+            f.write(data)
+        return
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

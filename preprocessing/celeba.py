@@ -106,6 +106,16 @@ def _check_names(path: str, names: List[str]) -> List[int]:
     return [names.index(n) for n in ATTRIBUTE_NAMES]
 
 
+def _add_row(path: str, lineno: int, name: str, value, out: dict, first_line: Dict[str, int]) -> None:
+    """out[name] = value, refusing names that leave the image folder and names listed twice."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
+        raise UserError(f"{path} line {lineno}: {name!r} is not a plain file name inside the image folder")
+    if name in out:
+        raise UserError(f"{path} line {lineno}: {name} is listed twice (first on line {first_line[name]})")
+    out[name] = value
+    first_line[name] = lineno
+
+
 def read_attributes(path: str) -> Dict[str, Tuple[int, ...]]:
     """file name -> 40 values of -1/1 (ATTRIBUTE_NAMES order), from list_attr_celeba.txt or .csv."""
     lines = _lines(path)
@@ -120,12 +130,13 @@ def read_attributes(path: str) -> Dict[str, Tuple[int, ...]]:
         order = _check_names(path, lines[1].split())
         body, start, split = lines[2:], 3, lambda s: s.split()
     identity = order == list(range(len(ATTRIBUTE_NAMES)))
+    first_line: Dict[str, int] = {}
     for lineno, line in enumerate(body, start):
         if not line:
             continue
         fields = split(line)
         values = _parse_attr_values(path, lineno, fields[1:])
-        out[fields[0]] = values if identity else tuple(values[i] for i in order)
+        _add_row(path, lineno, fields[0], values if identity else tuple(values[i] for i in order), out, first_line)
     if not path.endswith(".csv") and int(lines[0]) != len(out):
         raise UserError(f"{path}: the first line says {lines[0]} images but {len(out)} rows follow")
     return out
@@ -136,24 +147,30 @@ def read_partitions(path: str) -> Dict[str, str]:
     lines = _lines(path)
     csv = path.endswith(".csv")
     out: Dict[str, str] = {}
+    first_line: Dict[str, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line or (csv and lineno == 1):
             continue
         fields = line.split(",") if csv else line.split()
         if len(fields) != 2 or fields[1].strip() not in ("0", "1", "2"):
             raise UserError(f"{path} line {lineno}: expected '<file name> <0|1|2>'")
-        out[fields[0].strip()] = PARTITIONS[int(fields[1])]
+        _add_row(path, lineno, fields[0].strip(), PARTITIONS[int(fields[1])], out, first_line)
     return out
 
 
 def read_rows(layout: Layout) -> List[Row]:
-    """All images of the download, sorted by file name."""
+    """All images of the download, sorted by file name. The two list files must name the same images: a row in one
+    and not the other is an error (CelebA's own files agree; a mismatch means a damaged or mixed download)."""
     attributes = read_attributes(layout.attr_path)
     partitions = read_partitions(layout.partition_path)
-    missing = [n for n in partitions if n not in attributes]
-    if missing:
-        raise UserError(f"{layout.attr_path} has no row for {missing[0]} (and {len(missing) - 1} more) "
-                        f"listed in {layout.partition_path}")
+    for names, has, lacks in ((partitions, layout.partition_path, layout.attr_path),
+                              (attributes, layout.attr_path, layout.partition_path)):
+        other = attributes if names is partitions else partitions
+        missing = sorted(n for n in names if n not in other)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(f"{lacks} has no row for {missing[0]}{more} listed in {has}; both list files must name "
+                            f"the same images")
     return [Row(name, partitions[name], attributes[name]) for name in sorted(partitions)]
 
 

@@ -70,10 +70,30 @@ def verify_shards(data_dir: str, manifest: dict, splits: Optional[List[str]] = N
     return problems
 
 
-def load_verified(data_dir: str, splits: Optional[List[str]] = None) -> dict:
-    """read_manifest + verify_shards; UserError naming the first bad shard. What the trainer calls first."""
+def count_problems(data_dir: str, manifest: dict) -> Dict[str, str]:
+    """{shard file: problem} for every shard whose record count (walked from its headers) differs from the
+    manifest's, or whose split total differs from num_examples."""
+    problems = {}
+    for split, info in manifest["splits"].items():
+        total = 0
+        for shard in info["shards"]:
+            path = fileio.join(data_dir, shard["file"])
+            count = tfrecord.count_records(path) if fileio.exists(path) else -1
+            total += max(count, 0)
+            if count != shard["num_records"]:
+                problems[shard["file"]] = (f"{count} records, manifest says {shard['num_records']}" if count >= 0
+                                           else "missing or cut short")
+        if not problems and total != info["num_examples"]:
+            problems[f"{split} split"] = f"{total} records in its shards, manifest says {info['num_examples']}"
+    return problems
+
+
+def load_verified(data_dir: str, splits: Optional[List[str]] = None, check_hashes: bool = True) -> dict:
+    """read_manifest + the record counts (headers only) + with check_hashes, each shard's size and sha256;
+    UserError naming the first bad shard. What the trainer calls first."""
     manifest = read_manifest(data_dir)
-    problems = verify_shards(data_dir, manifest, splits)
+    problems = verify_shards(data_dir, manifest, splits) if check_hashes else {}
+    problems = problems or count_problems(data_dir, manifest)
     if problems:
         name, problem = next(iter(problems.items()))
         more = f" (and {len(problems) - 1} more bad shards)" if len(problems) > 1 else ""

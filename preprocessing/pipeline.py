@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
-from typing import Dict, Iterable, List, NamedTuple, Sequence
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
@@ -300,7 +301,18 @@ def check_beam_args(args: Sequence[str]) -> None:
         raise UserError(f"unknown flag {unknown[0]} (neither this job's nor Beam's); see --helpshort")
 
 
-def _check_output_dir(output_dir: str, overwrite: bool) -> None:
+def _nested(a: str, b: str) -> bool:
+    """Whether folder a is folder b or inside it (symlinks resolved for local paths)."""
+    if not fileio.is_remote(a) and not fileio.is_remote(b):
+        a, b = os.path.realpath(a), os.path.realpath(b)
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/")
+
+
+def _check_output_dir(output_dir: str, overwrite: bool, source_dir: Optional[str] = None) -> None:
+    if source_dir and (_nested(output_dir, source_dir) or _nested(source_dir, output_dir)):
+        raise UserError(f"output folder {output_dir} and the CelebA folder {source_dir} overlap (one holds the "
+                        f"other); --overwrite would delete the download: choose an output folder outside it")
     if fileio.exists(output_dir) and not fileio.isdir(output_dir):
         raise UserError(f"output folder {output_dir} is a file")
     if fileio.exists(output_dir) and fileio.listdir(output_dir):
@@ -356,7 +368,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     config.validate()
     _check_runner(config, beam_args)
     sizes = splits.parse_split_sizes(config.split_sizes)
-    _check_output_dir(config.output_dir, config.overwrite)
+    _check_output_dir(config.output_dir, config.overwrite, config.celeba_dir if config.source == "folder" else None)
     work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
     _remove_abandoned_work_dirs(config.output_dir)
     try:  # the marker says who works here (for _remove_abandoned_work_dirs); writing it fails early if we cannot
@@ -404,6 +416,24 @@ def _refuse_shortfall(selection: dict, errors: List[dict]) -> None:
     raise UserError(f"split {what} is {s['wanted'] - s['readable']} images short: {s['wanted']} wanted, "
                     f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} images left out, "
                     f"listed above); no dataset written")
+
+
+def _publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
+    """Moves the finished work folder to output_dir. Without --overwrite, an output folder that appeared while the
+    job ran (another run published there) is left as it is and this run fails; locally the move itself refuses a
+    non-empty target, so two runs racing to publish cannot both win."""
+    raced = UserError(f"output folder {output_dir} appeared while this job ran (another run published a dataset "
+                      f"there); left it as it is; pass --overwrite to replace it")
+    if fileio.exists(output_dir) and fileio.listdir(output_dir):
+        if not overwrite:
+            raise raced
+        fileio.delete_tree(output_dir)  # --overwrite: only now, once the new dataset is complete
+    try:
+        fileio.move_tree(work_dir, output_dir)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise raced from None
+        raise
 
 
 def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> dict:
@@ -454,8 +484,6 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
     write_json(fileio.join(work_dir, MANIFEST), manifest)
     for sub in (_META, _CHUNKS, ".source"):
         fileio.delete_tree(fileio.join(work_dir, sub))
-    if fileio.exists(config.output_dir):
-        fileio.delete_tree(config.output_dir)  # --overwrite: only now, once the new dataset is complete
-    fileio.move_tree(work_dir, config.output_dir)
+    _publish(work_dir, config.output_dir, config.overwrite)
     fileio.write_bytes(fileio.join(config.output_dir, SUCCESS), b"")  # last: marks the dataset complete
     return manifest

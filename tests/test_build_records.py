@@ -4,7 +4,9 @@ import importlib.metadata
 import json
 import os
 import shutil
+import re
 import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -314,3 +316,28 @@ def test_runner_checks_before_anything_starts(celeba_txt, tmp_path):
                    "--runner=FlinkRunner")
     assert_one_line_error(proc, "--output_dir", "local path", "flinkrunner")
     assert not os.path.exists(out) and not glob.glob(out + ".partial-*")
+
+
+def test_output_folder_overlapping_the_download_is_refused(celeba_copy, tmp_path):
+    inside = os.path.join(celeba_copy, "records")  # output inside the download
+    assert_one_line_error(run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}",
+                                  f"--output_dir={inside}", "--overwrite"), "overlap")
+    parent = os.path.dirname(celeba_copy)  # the download inside the output, whatever the flags
+    assert_one_line_error(run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}",
+                                  f"--output_dir={parent}", "--overwrite"), "overlap", "--overwrite would delete")
+    assert len(os.listdir(os.path.join(celeba_copy, "img_align_celeba"))) == 300
+
+
+def test_two_runs_started_together_one_wins_and_its_dataset_stays(celeba_txt, tmp_path):
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
+           "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2"]
+    runs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code)
+    assert "Traceback" not in loser
+    assert re.search(r"error: output folder .* (appeared while this job ran|exists and is not empty)", loser), loser
+    manifest_lib.load_verified(out)  # the winner's dataset, complete
+    assert os.path.exists(os.path.join(out, "_SUCCESS")) and not glob.glob(out + ".partial-*")

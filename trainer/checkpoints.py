@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple
 import tensorflow as tf
 
 from celeba_common import fileio
+from celeba_common.cli import UserError
 
 LOG = logging.getLogger("trainer")
 
@@ -85,11 +86,27 @@ class Checkpoints:
         return tf.train.latest_checkpoint(self.read_dir)
 
     def restore_latest(self) -> Optional[str]:
-        """Restores the chief's latest checkpoint, if any (on every worker); returns its path."""
-        latest = self.latest
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return latest
+        """Restores the chief's latest readable checkpoint, if any (on every worker); returns its path.
+
+        An unreadable one (cut short by a full disk or a kill mid-save) is skipped for the one before it, saying so.
+        """
+        state = tf.train.get_checkpoint_state(self.read_dir)
+        candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+                return path
+            except Exception as e:  # noqa: BLE001  (a cut file raises OpError, IndexError, ValueError...)
+                reason = " ".join(str(e).split())[:200]
+                if "shape" in reason.lower() and "mismatch" in reason.lower():
+                    raise UserError(f"checkpoint {path} does not fit this model ({reason}); pass --fresh to start "
+                                    f"over, or use another --model_dir") from None
+                LOG.warning("checkpoint %s is unreadable (%s: %s); trying the one before it", path,
+                            type(e).__name__, reason)
+        if candidates:
+            raise UserError(f"no readable checkpoint in {self.read_dir} (all {len(candidates)} are damaged); pass "
+                            f"--fresh to start over")
+        return None
 
     def save(self) -> None:
         self.manager.save()

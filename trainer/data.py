@@ -41,8 +41,9 @@ class DatasetInfo:
 
 
 def load(data_dir: str, verify: bool = True) -> DatasetInfo:
-    """Refuses a folder without _SUCCESS; with verify, checks every shard's size and sha256 (UserError naming it)."""
-    manifest = manifest_lib.load_verified(data_dir) if verify else manifest_lib.read_manifest(data_dir)
+    """Refuses a folder without _SUCCESS or whose shards hold other record counts than the manifest says (headers
+    only, cheap); with verify, also checks every shard's size and sha256 (UserError naming the shard)."""
+    manifest = manifest_lib.load_verified(data_dir, check_hashes=verify)
     return DatasetInfo(data_dir, manifest)
 
 

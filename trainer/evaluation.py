@@ -70,7 +70,8 @@ def run_facts(config, info: data.DatasetInfo, strategy, policy: str, best_epoch)
 
     return {"best_epoch": best_epoch, "precision": policy, "strategy": distribute.strategy_name(strategy),
             "replicas": strategy.num_replicas_in_sync, "flags": jsonable(dataclasses.asdict(config)),
-            "image_size": info.image_size, "data_dir": config.data_dir}
+            "image_size": info.image_size, "data_dir": config.data_dir,
+            "transform": {key: info.manifest[key] for key in ("image_size", "resize_mode", "jpeg_quality")}}
 
 
 def save_evaluation(result: Dict, model_dir: str, suffix: str = "") -> None:

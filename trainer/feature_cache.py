@@ -40,8 +40,9 @@ def wanted(config) -> bool:
 def cache_key(info: data.DatasetInfo, weights: str, pooling: str, policy: str, seed: int) -> str:
     """What determines the features: the shards' sha256, the backbone weights (a file's content), pooling, policy."""
     shards = [s["sha256"] for split in info.manifest["splits"].values() for s in split["shards"]]
-    weights_id = weights if weights.lower() in ("imagenet", "none") else f"sha256:{fileio.sha256_file(weights)}"
-    key = json.dumps([shards, weights_id, pooling, policy, seed], sort_keys=True)
+    from trainer.fingerprint import weights_id
+
+    key = json.dumps([shards, weights_id(weights), pooling, policy, seed], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

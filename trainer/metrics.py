@@ -103,9 +103,11 @@ SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_sec", "ep
 
 
 def read_history(path: str) -> List[dict]:
+    """The rows of history.csv; a row cut short (a file from before atomic writes) is dropped, not kept."""
     if not fileio.exists(path):
         return []
-    return list(csv.DictReader(io.StringIO(fileio.read_bytes(path).decode())))
+    rows = csv.DictReader(io.StringIO(fileio.read_bytes(path).decode()))
+    return [row for row in rows if None not in row.values() and row.get("epoch", "").isdigit()]
 
 
 def write_history(path: str, rows: List[dict]) -> None:

@@ -109,6 +109,8 @@ def unfreeze_from(model: keras.Model, layer_name: str) -> int:
 
 def load_trained(model_dir: str) -> keras.Model:
     """The trained model.keras of model_dir (UserError when it is missing)."""
+    if fileio.exists(model_dir) and not fileio.isdir(model_dir):
+        raise UserError(f"--model_dir={model_dir} is a file, not a trainer.main output folder")
     path = fileio.join(model_dir, "model.keras")
     if not fileio.exists(path):
         raise UserError(f"{model_dir} has no model.keras: train with python -m trainer.main --model_dir={model_dir} "
@@ -119,7 +121,12 @@ def load_trained(model_dir: str) -> keras.Model:
         local = os.path.join(tempfile.mkdtemp(), "model.keras")
         fileio.write_bytes(local, fileio.read_bytes(path))
         path = local
-    return keras.models.load_model(path)
+    try:
+        return keras.models.load_model(path)
+    except Exception as e:  # Keras raises ValueError/OSError/zipfile errors... for a damaged or foreign file
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"{fileio.join(model_dir, 'model.keras')} cannot be loaded ({type(e).__name__}: {reason}); "
+                        f"retrain, or rerun trainer.main to export it again") from None
 
 
 def trained_metrics(model_dir: str) -> dict:

@@ -51,15 +51,16 @@ def predict_files(model, paths: Sequence[str], transform: dict, batch_size: int 
 
 
 def _transform_of(model_dir: str) -> dict:
-    """The records job's transform settings for the data the model was trained on (from its manifest)."""
-    from preprocessing import manifest as manifest_lib
+    """The records job's transform settings the model was trained with, from the run folder itself (run.json, or
+    metrics.json): never from the data folder, which may have moved since."""
+    from trainer.fingerprint import read_run
     from trainer.model import trained_metrics
 
-    data_dir = trained_metrics(model_dir).get("data_dir")
-    if data_dir and fileio.exists(fileio.join(data_dir, manifest_lib.MANIFEST)):
-        manifest = manifest_lib.read_manifest(data_dir)
-        return {"resize_mode": manifest["resize_mode"], "jpeg_quality": manifest["jpeg_quality"]}
-    return {}
+    transform = (read_run(model_dir) or {}).get("transform") or trained_metrics(model_dir).get("transform")
+    if not transform:
+        raise UserError(f"{model_dir} does not say which image transform its model was trained with (no run.json; "
+                        f"trained by an older version): retrain it with python -m trainer.main")
+    return transform
 
 
 def main(argv: Sequence[str]) -> int:

@@ -20,8 +20,9 @@ import keras
 import tensorflow as tf
 
 from celeba_common import fileio
-from trainer import (checkpoints, cluster, data, distribute, evaluation, feature_cache, metrics as metrics_lib,
-                     model as model_lib)
+from celeba_common.cli import UserError
+from trainer import (checkpoints, cluster, data, distribute, evaluation, feature_cache, fingerprint,
+                     metrics as metrics_lib, model as model_lib)
 from trainer.checkpoints import Preempted  # noqa: F401  (raised by train(); main catches it from here)
 from trainer.config import TrainConfig
 from trainer.steps import make_train_step
@@ -58,6 +59,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         config.validate()
+        if fileio.exists(config.model_dir) and not fileio.isdir(config.model_dir):
+            raise UserError(f"--model_dir={config.model_dir} is a file, not a folder")
         self.config = config
         self.cluster = cluster.ensure_tf_config()
         self.is_chief = cluster.is_chief(self.cluster)
@@ -109,11 +112,18 @@ class Trainer:
         self.validation = evaluation.Validation(self.strategy, self.model, self.info, config, self.features)
 
     def _restore(self) -> List[dict]:
-        """Resumes from the latest checkpoint (or clears the run with --fresh); returns the history kept."""
+        """Resumes from the latest readable checkpoint after checking the run folder's fingerprint (or clears the run
+        with --fresh); returns the history kept."""
         config = self.config
+        current = fingerprint.fingerprint(config, self.info, self.policy)
         if config.fresh and self.is_chief:
             checkpoints.clear_run(config.model_dir, self.checkpoint_dir)
-        latest = None if config.fresh else self.checkpoints.restore_latest()
+        resuming = not config.fresh and self.checkpoints.latest is not None
+        if resuming:
+            fingerprint.check_resume(config.model_dir, current)
+        if self.is_chief and (not resuming or fingerprint.read_run(config.model_dir) is None):
+            fingerprint.write_run(config.model_dir, current, self.info)
+        latest = self.checkpoints.restore_latest() if resuming else None
         if not latest:
             return []
         epoch, step = int(self.state.epoch.numpy()), int(self.state.step_in_epoch.numpy())

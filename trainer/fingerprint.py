@@ -1,0 +1,67 @@
+"""The run folder's identity (run.json): what a checkpoint in it was trained on and with. A resume with other data,
+another model shape, precision or optimization setting would silently mix two runs, so it is refused instead.
+
+Settings that may change on resume (they do not change what the checkpoint means): --epochs, --fine_tune_epochs,
+--steps_per_epoch, --checkpoint_steps, --feature_cache, --cache, --strategy, --cross_device_ops, --num_cpu_devices,
+--verify_data, --export, --restore_best. Everything in `fingerprint` below may not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Optional
+
+from celeba_common import fileio
+from celeba_common.cli import UserError
+from trainer import data
+from trainer.config import TrainConfig
+
+RUN_FILE = "run.json"
+
+
+def weights_id(weights: str) -> str:
+    """'imagenet', 'none', or the sha256 of a weights file's content (so a file changed in place counts as new)."""
+    return weights.lower() if weights.lower() in ("imagenet", "none") else f"sha256:{fileio.sha256_file(weights)}"
+
+
+def transform_of(info: data.DatasetInfo) -> dict:
+    """The records job's transform settings: what prediction must apply to a raw image for this model."""
+    return {key: info.manifest[key] for key in ("image_size", "resize_mode", "jpeg_quality")}
+
+
+def fingerprint(config: TrainConfig, info: data.DatasetInfo, policy: str) -> dict:
+    manifest = json.dumps(info.manifest["splits"], sort_keys=True).encode()
+    return {"records": hashlib.sha256(manifest).hexdigest()[:16], **transform_of(info),
+            "weights": weights_id(config.weights), "head_units": list(config.head_units), "dropout": config.dropout,
+            "pooling": config.pooling, "fine_tune_from": config.fine_tune_from, "precision": policy,
+            "lr": config.lr, "fine_tune_lr": config.fine_tune_lr, "batch_size": config.batch_size,
+            "seed": config.seed, "shuffle_buffer": config.shuffle_buffer, "augment": config.augment}
+
+
+def read_run(model_dir: str) -> Optional[dict]:
+    path = fileio.join(model_dir, RUN_FILE)
+    if not fileio.exists(path):
+        return None
+    try:
+        return json.loads(fileio.read_bytes(path))
+    except ValueError:
+        raise UserError(f"{path} is damaged (not JSON); pass --fresh to start the run over") from None
+
+
+def check_resume(model_dir: str, current: dict) -> None:
+    """UserError naming the first setting that differs from the run being resumed (run.json)."""
+    stored = (read_run(model_dir) or {}).get("fingerprint")
+    if not stored:
+        return  # a run folder from before run.json: nothing to compare with
+    for key, value in current.items():
+        if key in stored and stored[key] != value:
+            what = "the records (--data_dir holds other data)" if key == "records" else f"{key}={stored[key]}"
+            now = "" if key == "records" else f", not {value}"
+            raise UserError(f"--model_dir={model_dir} holds a run trained with {what}{now}; resuming would mix two "
+                            f"runs: pass --fresh to start over, or use another --model_dir")
+
+
+def write_run(model_dir: str, current: dict, info: data.DatasetInfo) -> None:
+    """run.json: the fingerprint, and the transform prediction needs (so it never depends on the data folder)."""
+    record = {"fingerprint": current, "transform": transform_of(info), "data_dir": info.data_dir}
+    fileio.write_bytes(fileio.join(model_dir, RUN_FILE), (json.dumps(record, indent=2) + "\n").encode())
