@@ -26,6 +26,7 @@ bench: install
 	$(BIN)/python bench/bench_input.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_multiworker.py
+	$(BIN)/python bench/bench_dask.py
 
 clean:
 	rm -rf data/demo runs/demo

@@ -71,6 +71,11 @@ def quiet_logs() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # re-logs what Beam's local worker processes say at start-up (no staging folder: expected locally)
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # a failing bundle is logged with its traceback there, and then raised to the job, which reports it once
+    for worker in ("apache_beam.runners.common", "apache_beam.runners.worker.bundle_processor",
+                   "apache_beam.runners.worker.sdk_worker",
+                   "apache_beam.runners.portability.fn_api_runner.fn_runner"):
+        logging.getLogger(worker).setLevel(logging.CRITICAL)
 
 
 _TF_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ")

@@ -22,6 +22,21 @@ _LOCAL_RUNNERS = (None, "DirectRunner", "direct")
 _OPTIONAL_RUNNER_MODULES = ("apache_beam.runners.dask.dask_runner",)
 
 
+# Runners Beam knows only by their module path; --runner=DaskRunner is taken as short for it.
+_RUNNER_ALIASES = {"daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
+                   "dask": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def expand_runner_alias(beam_args: Sequence[str]) -> List[str]:
+    """The Beam args with --runner=DaskRunner spelled as the module path Beam needs."""
+    out = []
+    for arg in beam_args:
+        if arg.startswith("--runner=") and arg.split("=", 1)[1].lower() in _RUNNER_ALIASES:
+            arg = f"--runner={_RUNNER_ALIASES[arg.split('=', 1)[1].lower()]}"
+        out.append(arg)
+    return out
+
+
 def _register_runner_options() -> None:
     import importlib
 

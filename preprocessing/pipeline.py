@@ -324,6 +324,15 @@ def _check_output_dir(output_dir: str, overwrite: bool, source_dir: Optional[str
                             f"refusing to --overwrite it")
 
 
+def _environment_error(error: Exception) -> Optional[str]:
+    """The OS error a runner wrapped (e.g. `RuntimeError: OSError: [Errno 28] No space left on device [while
+    running 'TransformChunks']`), as one line; None for anything else (a bug keeps its traceback)."""
+    import re
+
+    found = re.search(r"(\w*Error): \[Errno (\d+)\] ([^\[\n]*)", str(error))
+    return f"{found.group(3).strip()} ({found.group(1)}, errno {found.group(2)})" if found else None
+
+
 def _check_runner(config: Config, beam_args: Sequence[str]) -> None:
     """Refuses an unknown --runner, and local paths with a runner whose workers run on other machines."""
     problem = beam_compat.check_runner(beam_args)
@@ -366,6 +375,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     """Builds the dataset described by `config` in config.output_dir; returns the manifest. Raises UserError."""
     start = time.time()
     config.validate()
+    beam_args = beam_compat.expand_runner_alias(beam_args)
     _check_runner(config, beam_args)
     sizes = splits.parse_split_sizes(config.split_sizes)
     _check_output_dir(config.output_dir, config.overwrite, config.celeba_dir if config.source == "folder" else None)
@@ -395,8 +405,14 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
                  ", ".join(f"{g.split}{'' if g.label is None else '/' + schema.CLASS_NAMES[g.label]}="
                            f"{g.target if g.target is not None else 'all'}" for g in groups))
         options, runner = beam_compat.pipeline_options(beam_args, num_candidates >= 4 * CHUNK_SIZE)
-        with beam.Pipeline(runner=runner, options=options) as p:
-            build_pipeline(p, groups, source, config, work_dir)
+        try:
+            with beam.Pipeline(runner=runner, options=options) as p:
+                build_pipeline(p, groups, source, config, work_dir)
+        except Exception as e:  # noqa: BLE001  (runners wrap a worker's OSError in their own exception types)
+            environment = _environment_error(e)
+            if environment:
+                raise UserError(f"the records job failed: {environment}") from None
+            raise
         manifest = _finish(config, work_dir, source_info, start)
     finally:
         if fileio.exists(work_dir):

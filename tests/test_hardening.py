@@ -3,8 +3,10 @@ checkpoints and models, paths that are files. Each case ends in one `error:` lin
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
+import pytest
 
 from conftest import assert_one_line_error, build, run_cli
 
@@ -92,3 +94,27 @@ def test_prediction_uses_the_run_folders_transform_after_the_data_moves(celeba_t
     p = {mode: float(model.predict(tf.io.decode_jpeg(transform_image(raw, 32, mode))[None], verbose=0)[0, 1])
          for mode in ("stretch", "crop")}
     assert abs(p_cli - p["stretch"]) < 1e-3 and not np.isclose(p["stretch"], p["crop"], atol=1e-4), (p_cli, p)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 150 KB tmpfs: writes past that fail with ENOSPC, as on a full disk (needs root, as CI runs)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(celeba_txt, records_dir, full_disk):
+    out = full_disk / "records"
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
+                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2")
+    assert_one_line_error(proc, "No space left on device")
+    assert os.listdir(full_disk) == []  # no dataset, no .partial work folder
+    model_dir = full_disk / "run"
+    proc = _train(records_dir, str(model_dir), "--epochs=1")
+    assert_one_line_error(proc, "could not save a checkpoint", "No space left on device")
+    assert not list(model_dir.rglob("*_temp"))

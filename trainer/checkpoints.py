@@ -109,10 +109,21 @@ class Checkpoints:
         return None
 
     def save(self) -> None:
-        self.manager.save()
+        self._guarded(self.manager)
 
     def save_best(self) -> None:
-        self.best.save()
+        self._guarded(self.best)
+
+    def _guarded(self, manager: tf.train.CheckpointManager) -> None:
+        """Saves; a failed save (a full disk, say) removes its half-written *_temp folder and ends in one line."""
+        try:
+            manager.save()
+        except tf.errors.OpError as e:
+            for temp in fileio.glob(fileio.join(manager.directory, "*_temp")):
+                fileio.delete_tree(temp)
+            reason = " ".join(e.message.split(";")[-1].split()) or type(e).__name__
+            raise UserError(f"could not save a checkpoint in {manager.directory}: {reason}; the last complete "
+                            f"checkpoint is kept") from None
 
     def restore_best(self) -> bool:
         """Loads the best epoch's weights (the chief's copy) into the model; False when there are none."""
