@@ -28,8 +28,28 @@ def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
+
+
+def print_help() -> None:
+    """The entry point's usage (its module docstring) and its own flags, with their defaults."""
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    lines = [doc, "", "flags:"] if doc else ["flags:"]
+    for module, defined in sorted(flags.FLAGS.flags_by_module_dict().items()):
+        if module.startswith("absl"):
+            continue
+        for flag in sorted(defined, key=lambda f: f.name):
+            default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+            lines.append(f"  --{flag.name}: {' '.join(flag.help.split())}{default}")
+    print("\n".join(lines))
+
+
 def _parser(known_only: bool) -> Callable[[List[str]], List[str]]:
     def parse(argv: List[str]) -> List[str]:
+        own = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        if any(arg in HELP_FLAGS for arg in own):  # help is an answer, not an error: exit 0
+            print_help()
+            sys.exit(0)
         try:
             return flags.FLAGS(argv, known_only=known_only)
         except flags.Error as e:

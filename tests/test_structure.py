@@ -95,3 +95,12 @@ def test_trainer_class_reads_in_one_sitting():
     tree = ast.parse(pathlib.Path(ROOT, "trainer", "train.py").read_text())
     trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
     assert trainer.end_lineno - trainer.lineno + 1 <= 200
+
+
+def test_help_exits_zero_for_every_cli():
+    for module in _entry_points():
+        for flag in ("--help", "-h"):
+            proc = subprocess.run([sys.executable, "-m", module, flag], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=120)
+            assert proc.returncode == 0, (module, flag, proc.stderr[-2000:])
+            assert "flags:" in proc.stdout and "  --" in proc.stdout, (module, proc.stdout[-2000:])
