@@ -98,15 +98,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(records_dir, t
     def poisoned(*args, **kwargs):
         step = real(*args, **kwargs)
 
-        def run(iterator, stop=False):
-            loss, correct, votes = step(iterator, stop)
+        def run(iterator, stop=False, num_steps=1):
+            loss, correct, votes = step(iterator, stop, num_steps)
             calls["n"] += 1
             return (tf.constant(float("nan")) if calls["n"] > 3 else loss), correct, votes
 
         return run
 
     monkeypatch.setattr(train_lib, "make_train_step", poisoned)
-    trainer = _trainer(records_dir, tmp_path, steps_per_epoch=3, feature_cache="off")
+    trainer = _trainer(records_dir, tmp_path, steps_per_epoch=3, feature_cache="off", steps_per_loop="1")
     trainer.config.epochs = 3
     with pytest.raises(train_lib.NonFiniteLoss, match="loss became nan at epoch 2, step 1"):
         trainer.train()
@@ -130,3 +130,40 @@ def test_remote_model_dir(records_dir, policy):
     assert not fileio.exists(fileio.join(model_dir, "feature_cache"))
     assert [r["epoch"] for r in __import__("trainer.metrics", fromlist=["x"]).read_history(
         fileio.join(model_dir, "history.csv"))] == ["1", "2"]
+
+
+def _history_after(records_dir, model_dir, **kw):
+    config = TrainConfig(data_dir=records_dir, model_dir=str(model_dir), weights="none", batch_size=8,
+                         head_units=(16,), epochs=2, precision="float32", **kw)
+    trainer = Trainer(config)
+    trainer.train()
+    from trainer.metrics import read_history
+
+    return trainer, [{k: float(r[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+                     for r in read_history(os.path.join(str(model_dir), "history.csv"))]
+
+
+@pytest.mark.parametrize("feature_cache_mode", ["on", "off"])
+def test_many_steps_per_call_give_the_results_of_one_step_per_call(records_dir, tmp_path, feature_cache_mode):
+    _, one = _history_after(records_dir, tmp_path / "one", steps_per_loop="1", feature_cache=feature_cache_mode)
+    trainer, many = _history_after(records_dir, tmp_path / "many", steps_per_loop="auto",
+                                   feature_cache=feature_cache_mode)
+    assert trainer.loop_plan.steps > 1  # auto settled on several steps per call
+    for a, b in zip(one, many):
+        for key in a:
+            assert abs(a[key] - b[key]) <= 1e-4, (key, one, many)
+
+
+def test_xla_gives_the_loss_of_no_xla(records_dir, tmp_path):
+    # dropout 0: XLA draws other random numbers than the plain kernels, so dropout masks would differ
+    _, plain = _history_after(records_dir, tmp_path / "plain", jit_compile="off", dropout=0.0)
+    trainer, xla = _history_after(records_dir, tmp_path / "xla", jit_compile="on", dropout=0.0)
+    assert trainer.jit_compile
+    for a, b in zip(plain, xla):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 and abs(a["val_loss"] - b["val_loss"]) <= 1e-4, (plain, xla)
+
+
+def test_profile_steps_leave_a_trace_for_tensorboard(records_dir, tmp_path):
+    _history_after(records_dir, tmp_path / "p", profile_steps="3,6", feature_cache="off", steps_per_epoch=5)
+    traces = list((tmp_path / "p" / "logs" / "plugins" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0

@@ -22,8 +22,19 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical_copy", "reduction_to_one_device")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 POOLINGS = ("flatten", "avg", "max")
+JIT_MODES = ("auto", "on", "off")
 WEIGHTS_HELP = ("pass --weights=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (a local copy of the "
                 "Keras ImageNet notop weights) or --weights=none")
+
+
+def _profile_ok(text: str) -> bool:
+    from trainer.loop import parse_profile_steps
+
+    try:
+        parse_profile_steps(text)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclasses.dataclass
@@ -60,6 +71,12 @@ class TrainConfig:
     verify_data: bool = option(True, "Check every shard's size and sha256 against the manifest first.")
     export: bool = option(True, "Write model.keras and export/ (SavedModel) at the end.")
     restore_best: bool = option(True, "Evaluate and export the weights of the epoch with the lowest val_loss.")
+    steps_per_loop: str = option("auto", "Training steps per traced call, read once: N, or auto (about 1 s per "
+                                 "call, the same on every worker; see trainer/loop.py).")
+    jit_compile: str = option("auto", "XLA for the train step (auto: on with GPUs, off on CPUs).",
+                              choices=JIT_MODES)
+    profile_steps: str = option("", "START,END: a TF profiler trace of these global steps (1-based) under the "
+                                "TensorBoard logs (its Profile tab).")
     # Not flags: Vertex AI hands these through AIP_CHECKPOINT_DIR / AIP_TENSORBOARD_LOG_DIR.
     checkpoint_dir: Optional[str] = None
     tensorboard_dir: Optional[str] = None
@@ -68,6 +85,8 @@ class TrainConfig:
         """UserError naming the first bad setting; runs before TensorFlow starts, so bad flags fail in a second."""
         check_choices(self)
         checks = [
+            (not fileio.exists(self.model_dir) or fileio.isdir(self.model_dir),
+             f"--model_dir={self.model_dir} is a file, not a folder"),
             (self.batch_size > 0, f"--batch_size={self.batch_size}: must be > 0"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr={self.lr}: must be > 0"),
             (self.epochs >= 0, f"--epochs={self.epochs}: must be >= 0"),
@@ -83,6 +102,10 @@ class TrainConfig:
             (self.checkpoint_steps >= 0, f"--checkpoint_steps={self.checkpoint_steps}: must be >= 0"),
             (self.steps_per_epoch >= 0, f"--steps_per_epoch={self.steps_per_epoch}: must be >= 0"),
             (self.num_cpu_devices >= 0, f"--num_cpu_devices={self.num_cpu_devices}: must be >= 0"),
+            (self.steps_per_loop == "auto" or (self.steps_per_loop.isdigit() and int(self.steps_per_loop) >= 1),
+             f"--steps_per_loop={self.steps_per_loop}: expected auto or an integer >= 1"),
+            (_profile_ok(self.profile_steps), f"--profile_steps={self.profile_steps}: expected START,END with "
+                                              f"1 <= START <= END"),
             (self.weights.lower() in ("imagenet", "none") or fileio.exists(self.weights),
              f"--weights={self.weights}: no such file; {WEIGHTS_HELP}"),
         ]

@@ -80,7 +80,11 @@ class Votes:
         def vote(value):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda v: v, args=(value,)), axis=None)
 
-        self._vote, self._tf = vote, tf
+        self._vote, self._tf, self._replicas = vote, tf, strategy.num_replicas_in_sync
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over all workers: the same number on every worker."""
+        return float(self._vote(self._tf.constant(float(value)))) / self._replicas
 
     def any_worker(self, flag: bool) -> bool:
         """Whether `flag` is true on any worker."""
@@ -129,6 +133,13 @@ def choose_precision(requested: str = "auto") -> str:
                         for g in gpus]
         return "mixed_float16" if all(c and c[0] >= 7 for c in capabilities) else "float32"
     return "mixed_bfloat16" if _cpu_has_bf16() else "float32"
+
+
+def use_xla(setting: str) -> bool:
+    """--jit_compile: on, off, or auto (on when there are GPUs; on CPUs XLA compiles slowly for no gain here)."""
+    import tensorflow as tf
+
+    return setting == "on" or (setting == "auto" and bool(tf.config.list_logical_devices("GPU")))
 
 
 def set_precision(policy: str) -> None:

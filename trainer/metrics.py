@@ -118,6 +118,16 @@ def write_history(path: str, rows: List[dict]) -> None:
     fileio.write_bytes(path, out.getvalue().encode())
 
 
+def progress_bar(steps: int, is_chief: bool):
+    """Keras' Progbar: live on a terminal, one line per epoch in a log, silent on the other workers."""
+    import sys
+
+    import keras
+
+    return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy", "images/s"],
+                               verbose=(1 if sys.stdout.isatty() else 2) if is_chief else 0)
+
+
 class EpochReport:
     """The chief's per-epoch outputs: the console line, history.csv, learning_curves.png and TensorBoard scalars."""
 

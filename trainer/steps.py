@@ -34,33 +34,46 @@ def _skip_step_everywhere_on_overflow(grads):
 
 
 def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimizer, global_batch: int,
-                    loss_scaling: bool) -> Callable:
-    """train_step(iterator, stop=False) -> [loss, correct, stop votes], each summed over all replicas and workers.
+                    loss_scaling: bool, jit_compile: bool = False) -> Callable:
+    """train_loop(iterator, stop=False, num_steps=1) -> [loss, correct, stop votes], summed over `num_steps` steps
+    and over all replicas and workers.
 
+    The steps run inside one traced call (a tf.range loop, as Orbit's `steps_per_loop`), with the sums kept on the
+    device and read once per call; pass `num_steps` as a tensor so that every loop length shares one trace.
     `stop` is this worker's wish to stop (SIGTERM); the votes come back summed, so every worker learns of a stop
-    asked anywhere at the same step.
+    asked anywhere at the same loop boundary. With `jit_compile`, each replica's forward and backward pass is
+    compiled with XLA.
     """
 
-    def step_fn(inputs, labels, stop):
+    def gradients(inputs, labels):
         with tf.GradientTape() as tape:
             probs = net(inputs, training=True)
             per_example = keras.losses.categorical_crossentropy(labels, probs)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-        variables = net.trainable_variables
-        grads = tape.gradient(scaled, variables)
+        grads = tape.gradient(scaled, net.trainable_variables)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32))
+        return tf.cast(loss, tf.float32), correct, grads
+
+    if jit_compile:
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def step_fn(inputs, labels, stop):
+        loss, correct, grads = gradients(inputs, labels)
         if loss_scaling:
             grads = _skip_step_everywhere_on_overflow(grads)
-        optimizer.apply(grads, variables)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32))
-        return tf.stack([tf.cast(loss, tf.float32), correct, tf.cast(stop, tf.float32)])
+        optimizer.apply(grads, net.trainable_variables)
+        return tf.stack([loss, correct, tf.cast(stop, tf.float32)])
 
     @tf.function
-    def train_step(iterator, stop=False):
-        inputs, labels = next(iterator)
-        return strategy.reduce(SUM, strategy.run(step_fn, args=(inputs, labels, stop)), axis=None)
+    def train_loop(iterator, stop=False, num_steps=1):
+        totals = tf.zeros([3], tf.float32)
+        for _ in tf.range(num_steps):
+            inputs, labels = next(iterator)
+            totals += strategy.reduce(SUM, strategy.run(step_fn, args=(inputs, labels, stop)), axis=None)
+        return totals
 
-    return train_step
+    return train_loop
 
 
 def make_evaluate(strategy: tf.distribute.Strategy, net: keras.Model) -> Callable:

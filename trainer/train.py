@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
@@ -20,8 +19,7 @@ import keras
 import tensorflow as tf
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
-from trainer import (checkpoints, cluster, data, distribute, evaluation, feature_cache, fingerprint,
+from trainer import (checkpoints, cluster, data, distribute, evaluation, feature_cache, fingerprint, loop,
                      metrics as metrics_lib, model as model_lib)
 from trainer.checkpoints import Preempted  # noqa: F401  (raised by train(); main catches it from here)
 from trainer.config import TrainConfig
@@ -59,8 +57,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         config.validate()
-        if fileio.exists(config.model_dir) and not fileio.isdir(config.model_dir):
-            raise UserError(f"--model_dir={config.model_dir} is a file, not a folder")
         self.config = config
         self.cluster = cluster.ensure_tf_config()
         self.is_chief = cluster.is_chief(self.cluster)
@@ -82,13 +78,14 @@ class Trainer:
         tensorboard_dir = config.tensorboard_dir or fileio.join(config.model_dir, "logs")
         self.report = metrics_lib.EpochReport(config.model_dir, tensorboard_dir) if self.is_chief else None
         self.sigterm = checkpoints.SigtermFlag()
+        self.jit_compile = distribute.use_xla(config.jit_compile)
+        self.loop_plan, self.profiler = loop.plan_and_profiler(config, self.votes, tensorboard_dir, self.is_chief)
         self._steps: Dict[Tuple[str, bool], Callable] = {}
         self._memory_cache: Dict[int, tf.data.Dataset] = {}  # --cache: decoded images kept across epochs
         LOG.info("Strategy: %s", distribute.describe(self.strategy))
-        LOG.info("global batch %d (%d per replica); precision %s; feature cache %s", config.batch_size,
-                 config.batch_size // self.replicas, self.policy, "on" if self.use_feature_cache else "off")
-
-    # -- setup --
+        LOG.info("global batch %d (%d per replica); precision %s; feature cache %s; XLA %s", config.batch_size,
+                 config.batch_size // self.replicas, self.policy, "on" if self.use_feature_cache else "off",
+                 "on" if self.jit_compile else "off")
 
     def _build(self) -> None:
         config = self.config
@@ -131,8 +128,6 @@ class Trainer:
         print(f"Resumed from epoch {epoch}" + (f", step {step}" if step else ""), flush=True)
         return [row for row in metrics_lib.read_history(self.history_path) if int(row["epoch"]) <= epoch]
 
-    # -- training --
-
     def train(self) -> Dict:
         """Runs (or resumes) both phases; returns the final summary. Raises Preempted or NonFiniteLoss."""
         self.sigterm.install()
@@ -149,6 +144,7 @@ class Trainer:
             phase = self._phase(epoch, int(self.state.step_in_epoch.numpy()))
             totals = self._run_steps(epoch, phase)
             self._finish_epoch(epoch, phase, totals, start, history)
+        self.profiler.stop()
         LOG.info("weights checksum (%s): %s", cluster.task_id(self.cluster), evaluation.weights_checksum(self.model))
         self.votes.barrier()  # the chief's last (best) checkpoint is written before anyone reads it
         if config.restore_best and self.checkpoints.restore_best():
@@ -175,32 +171,36 @@ class Trainer:
                      True)
 
     def _run_steps(self, epoch: int, phase: Phase) -> Tuple[float, float, int, float]:
-        """Trains the rest of the epoch; returns (loss sum, correct sum, steps run, seconds)."""
-        config = self.config
+        """Trains the rest of the epoch in traced calls of plan.length steps; returns (loss sum, correct sum, steps
+        run, seconds). SIGTERM, the loss check and step checkpoints act at call boundaries."""
+        config, steps = self.config, self.steps_per_epoch
         key = (phase.name, phase.use_cache)
-        if key not in self._steps:  # one traced step per phase, not one per epoch
+        if key not in self._steps:  # one traced loop per phase, not one per epoch
             self._steps[key] = make_train_step(self.strategy, phase.net, phase.optimizer, config.batch_size,
-                                               self.loss_scaling)
-        step_fn = self._steps[key]
-        iterator = iter(self.strategy.distribute_datasets_from_function(phase.dataset_fn))
-        steps = self.steps_per_epoch
-        bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy", "images/s"],
-                                  verbose=(1 if sys.stdout.isatty() else 2) if self.is_chief else 0)
+                                               self.loss_scaling, self.jit_compile)
+        train_loop, iterator = self._steps[key], iter(self.strategy.distribute_datasets_from_function(phase.dataset_fn))
+        bar = metrics_lib.progress_bar(steps, self.is_chief)
         loss_sum = correct_sum = 0.0
-        seen, start = 0, time.time()
-        for step in range(int(self.state.step_in_epoch.numpy()), steps):
-            loss, correct, stop = (float(t) for t in step_fn(iterator, tf.constant(self.sigterm.requested)))
+        seen, start, step = 0, time.time(), int(self.state.step_in_epoch.numpy())
+        while step < steps:
+            global_step = (epoch - 1) * steps + step
+            self.profiler.before(global_step)
+            n, call_start = self.loop_plan.length(step, steps, global_step), time.time()
+            loss, correct, stop = (float(t) for t in train_loop(iterator, tf.constant(self.sigterm.requested),
+                                                                 tf.constant(n, tf.int32)))
+            self.loop_plan.observe(n, time.time() - call_start)
             if not math.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {loss} at epoch {epoch}, step {step + 1}")
-            seen, loss_sum, correct_sum = seen + 1, loss_sum + loss, correct_sum + correct
-            bar.update(step + 1, [("loss", loss_sum / seen), ("accuracy", correct_sum / (seen * config.batch_size)),
-                                  ("images/s", seen * config.batch_size / max(time.time() - start, 1e-9))])
-            self.state.step_in_epoch.assign(step + 1)
+                raise NonFiniteLoss(f"loss became {loss} at epoch {epoch}, step {step + 1}" +
+                                    (f" (in steps {step + 1}-{step + n})" if n > 1 else ""))
+            seen, loss_sum, correct_sum, step = seen + n, loss_sum + loss, correct_sum + correct, step + n
+            bar.update(step, [("loss", loss_sum / seen), ("accuracy", correct_sum / (seen * config.batch_size)),
+                              ("images/s", seen * config.batch_size / max(time.time() - start, 1e-9))])
+            self.state.step_in_epoch.assign(step)
             if stop:  # SIGTERM reached some worker: all of them save this same step and stop
                 self.checkpoints.save()
                 who = "this worker" if self.sigterm.requested else "another worker"
-                raise Preempted(f"stopped by SIGTERM (to {who}) at epoch {epoch}, step {step + 1}; checkpoint saved")
-            if config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and step + 1 < steps:
+                raise Preempted(f"stopped by SIGTERM (to {who}) at epoch {epoch}, step {step}; checkpoint saved")
+            if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step < steps:
                 self.checkpoints.save()
         return loss_sum, correct_sum, seen, time.time() - start
 
@@ -224,8 +224,6 @@ class Trainer:
         if self.state.improve(epoch, val_loss):
             self.checkpoints.save_best()
         self.checkpoints.save()
-
-    # -- after training --
 
     def evaluate_and_export(self) -> Dict:
         """Test metrics, plots, metrics.json, the SavedModel and the .keras file (chief only)."""
