@@ -50,7 +50,8 @@ def main() -> None:
     celeba = os.path.join(work, "celeba")
     run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
                f"--num_images={args.num_images}"])
-    sizes = f"{int(args.num_images * 0.8) - 200},{int(args.num_images * 0.1) - 50},{int(args.num_images * 0.1) - 50}"
+    # within the synthetic download's official partitions (80 / 10 / 10 %, minus the spare candidates)
+    sizes = f"{int(args.num_images * 0.7)},{int(args.num_images * 0.07)},{int(args.num_images * 0.07)}"
     total = sum(int(x) for x in sizes.split(","))
     common = [PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--split_sizes={sizes}",
               f"--image_size={args.image_size}", "--num_shards=4"]

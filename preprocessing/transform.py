@@ -6,6 +6,7 @@ about, so a model never sees a different crop, resize or JPEG re-encode at servi
 from __future__ import annotations
 
 import io
+import re
 
 import cv2
 import numpy as np
@@ -43,7 +44,8 @@ def decode_rgb(data: bytes, min_side: int = 0) -> Image.Image:
         image.load()
         image = ImageOps.exif_transpose(image)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad bytes
-        raise ImageError(f"cannot decode image: {type(e).__name__}: {e}") from None
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))  # Pillow names its buffer
+        raise ImageError(f"cannot decode image: {type(e).__name__}: {reason}") from None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -190,10 +190,12 @@ def test_predict_and_evaluate_bad_input(trained_run, tmp_path):
     model_dir, _ = trained_run
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"not an image")
-    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(garbage)),
-                          "garbage.jpg", "cannot decode")
-    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(tmp_path / "x.jpg")),
-                          "x.jpg", "no such file")
+    proc = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(garbage), str(tmp_path / "x.jpg"))
+    assert_one_line_error(proc, "2 of 2 files could not be predicted")
+    rows = [line.split("\t") for line in proc.stdout.strip().splitlines()]
+    assert rows[0][:2] == [str(garbage), "error"] and rows[0][2].startswith("cannot decode image")
+    assert "BytesIO" not in rows[0][2]
+    assert rows[1] == [str(tmp_path / "x.jpg"), "error", "no such file"]
     assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={tmp_path}", str(garbage)),
                           "model.keras")
     assert_one_line_error(run_cli("-m", "trainer.evaluate", f"--model_dir={tmp_path}"), "--data_dir")
@@ -211,10 +213,30 @@ def test_vertex_environment_sets_output_folders(records_dir, tmp_path):
     assert glob.glob(str(tmp_path / "aip_logs" / "events.out.tfevents.*"))
 
 
-def test_predict_on_a_folder_and_synthetic_on_an_unwritable_path(trained_run, tmp_path):
+def test_predict_a_folder_of_mixed_files_to_csv(trained_run, learn_records, tmp_path):
     model_dir, _ = trained_run
-    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(tmp_path)),
-                          str(tmp_path), "is a folder")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    celeba = os.path.join(os.path.dirname(learn_records), "celeba", "img_align_celeba")
+    for name in ("000001.jpg", "000002.jpg"):
+        Image.open(os.path.join(celeba, name)).save(folder / name.replace(".jpg", ".png"))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub").mkdir()
+    Image.open(os.path.join(celeba, "000003.jpg")).convert("L").save(folder / "sub" / "gray.jpg")
+    csv_path = tmp_path / "preds.csv"
+    proc = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(folder), f"--output={csv_path}")
+    assert_one_line_error(proc, "1 of 4 files could not be predicted")
+    rows = {os.path.relpath(r["file"], folder): r for r in csv.DictReader(open(csv_path))}
+    assert sorted(rows) == ["000001.png", "000002.png", "notes.txt", os.path.join("sub", "gray.jpg")]
+    assert rows["notes.txt"]["class"] == "error" and rows["notes.txt"]["error"].startswith("cannot decode")
+    for name in ("000001.png", "000002.png", os.path.join("sub", "gray.jpg")):
+        assert rows[name]["class"] in ("female", "male") and 0 <= float(rows[name]["p_male"]) <= 1
+        assert rows[name]["class"] == ("male" if float(rows[name]["p_male"]) >= 0.5 else "female")
+    good = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(folder / "*.png"))  # a glob
+    assert good.returncode == 0 and len(good.stdout.strip().splitlines()) == 2, good.stderr[-2000:]
+
+
+def test_synthetic_on_an_unwritable_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     proc = run_cli("-m", "preprocessing.synthetic_celeba", f"--output_dir={blocker}/sub", "--num_images=5")

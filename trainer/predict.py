@@ -2,14 +2,20 @@
 
 Usage:
   python -m trainer.predict --model_dir=runs/celeba photo1.jpg photo2.png ...
+  python -m trainer.predict --model_dir=runs/celeba photos/ 'more/*.png' --output=preds.csv
 
-Prints one line per file: the file, `male` or `female`, and P(male). Files of any size and format go through the
-very transform the records job applied to the training images (preprocessing.transform.transform_image).
+Each argument is a file, a folder (its files, recursively) or a glob pattern. Prints one line per file: the file,
+`male` or `female`, and P(male); a file that cannot be predicted gets `error` and the reason in its line, the others
+go on, and the exit status is non-zero then. --output also writes the rows as CSV (file, class, p_male, error).
+Files of any size and format go through the very transform the records job applied to the training images
+(preprocessing.transform.transform_image), with the settings recorded in the run folder.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Sequence
+import csv
+import io
+from typing import List, Optional, Sequence, Tuple
 
 from celeba_common import fileio
 from celeba_common.cli import UserError, run_main
@@ -21,33 +27,65 @@ from trainer.config import DEFAULT_MODEL_DIR
 class PredictConfig:
     model_dir: str = option(DEFAULT_MODEL_DIR, "A trainer.main output folder.")
     batch_size: int = option(32, "Images per forward pass.", lower_bound=1)
+    output: Optional[str] = option(None, "Also write the predictions as CSV here (file, class, p_male, error).")
 
 
-def prepare(paths: Sequence[str], image_size: int, resize_mode: str = "crop", jpeg_quality: int = 95):
-    """Raw files -> uint8 array [N, S, S, 3]: the records job's transform, then the trainer's JPEG decode."""
-    import numpy as np
+def expand(arguments: Sequence[str]) -> List[str]:
+    """Files named by the arguments: a file as is, a folder's files (recursively, sorted), a glob's matches. A name
+    that is none of these stays, to get its own 'no such file' row."""
+    paths: List[str] = []
+    for argument in arguments:
+        if fileio.isdir(argument):
+            paths += [fileio.join(argument, name) for name in fileio.listdir(argument)]
+        elif any(c in argument for c in "*?[") and not fileio.exists(argument):
+            paths += fileio.glob(argument) or [argument]
+        else:
+            paths.append(argument)
+    return paths
+
+
+def prepare_one(path: str, image_size: int, resize_mode: str = "crop", jpeg_quality: int = 95):
+    """One raw file -> uint8 array [S, S, 3]: the records job's transform, then the trainer's JPEG decode.
+    ImageError (or OSError) says why it cannot."""
     import tensorflow as tf
 
     from preprocessing.transform import ImageError, transform_image
 
-    images = []
-    for path in paths:
-        if not fileio.exists(path) or fileio.isdir(path):
-            raise UserError(f"{path}: no such file" if not fileio.exists(path) else f"{path}: is a folder, not an image")
-        try:
-            jpeg = transform_image(fileio.read_bytes(path), image_size, resize_mode, jpeg_quality)
-        except ImageError as e:
-            raise UserError(f"{path}: {e}") from None
-        images.append(tf.io.decode_jpeg(jpeg, channels=3).numpy())  # as trainer/data.py decodes records
-    return np.stack(images)
+    if not fileio.exists(path):
+        raise ImageError("no such file")
+    if fileio.isdir(path):
+        raise ImageError("is a folder, not an image")
+    jpeg = transform_image(fileio.read_bytes(path), image_size, resize_mode, jpeg_quality)
+    return tf.io.decode_jpeg(jpeg, channels=3).numpy()  # as trainer/data.py decodes records
 
 
-def predict_files(model, paths: Sequence[str], transform: dict, batch_size: int = 32) -> List[float]:
-    """P(male) for each file."""
+def predict_files(model, paths: Sequence[str], transform: dict,
+                  batch_size: int = 32) -> List[Tuple[Optional[float], Optional[str]]]:
+    """(P(male), None) for each file that could be read, (None, reason) for each that could not."""
+    import numpy as np
+
+    from preprocessing.transform import ImageError
+
     image_size = model.input_shape[1]
-    images = prepare(paths, image_size, transform.get("resize_mode", "crop"), transform.get("jpeg_quality", 95))
-    probs = model.predict(images, batch_size=batch_size, verbose=0)
-    return [float(p[1]) for p in probs]
+    images, results = {}, {}
+    for index, path in enumerate(paths):
+        try:
+            images[index] = prepare_one(path, image_size, transform["resize_mode"], transform["jpeg_quality"])
+        except (ImageError, OSError) as e:
+            results[index] = (None, " ".join(str(getattr(e, "strerror", None) or e).split()))
+    if images:
+        order = sorted(images)
+        probs = model.predict(np.stack([images[i] for i in order]), batch_size=batch_size, verbose=0)
+        results.update({i: (float(p[1]), None) for i, p in zip(order, probs)})
+    return [results[i] for i in range(len(paths))]
+
+
+def write_csv(path: str, rows: Sequence[Tuple[str, str, str, str]]) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "class", "p_male", "error"])
+    writer.writerows(rows)
+    fileio.write_bytes(path, out.getvalue().encode())
 
 
 def _transform_of(model_dir: str) -> dict:
@@ -64,16 +102,27 @@ def _transform_of(model_dir: str) -> dict:
 
 
 def main(argv: Sequence[str]) -> int:
-    paths = list(argv[1:])
-    if not paths:
-        raise UserError("no image files given: python -m trainer.predict --model_dir=M FILE...")
+    if len(argv) < 2:
+        raise UserError("no image files given: python -m trainer.predict --model_dir=M FILE|FOLDER|GLOB...")
     from preprocessing.schema import CLASS_NAMES
     from trainer.model import load_trained
 
     config = from_flags(PredictConfig)
+    paths = expand(argv[1:])
+    if not paths:
+        raise UserError(f"no files in {', '.join(argv[1:])}")
     model = load_trained(config.model_dir)
-    for path, p_male in zip(paths, predict_files(model, paths, _transform_of(config.model_dir), config.batch_size)):
-        print(f"{path}\t{CLASS_NAMES[int(p_male >= 0.5)]}\t{p_male:.4f}")
+    rows = []
+    for path, (p_male, error) in zip(paths, predict_files(model, paths, _transform_of(config.model_dir),
+                                                          config.batch_size)):
+        row = (path, "error", "", error) if error else (path, CLASS_NAMES[int(p_male >= 0.5)], f"{p_male:.4f}", "")
+        rows.append(row)
+        print(f"{path}\terror\t{error}" if error else f"{path}\t{row[1]}\t{row[2]}", flush=True)
+    if config.output:
+        write_csv(config.output, rows)
+    failed = sum(1 for row in rows if row[3])
+    if failed:
+        raise UserError(f"{failed} of {len(rows)} files could not be predicted (their rows say why)")
     return 0
 
 
