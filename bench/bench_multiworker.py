@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_training import history, mean  # noqa: E402
 from bench.common import PYTHON, run_timed  # noqa: E402
 
-ERROR_LINE = re.compile(r"^\[worker \d\] (E\d{4} |Traceback)|StartAbort")
+ERROR_LINE = re.compile(r"^\[worker \d\] (E\d{4} |ERROR|Traceback)|StartAbort")
 
 
 def main() -> None:

@@ -76,6 +76,15 @@ class _LibraryInfo(logging.Filter):
         return record.levelno >= logging.WARNING or not record.name.startswith(_LIBRARIES)
 
 
+class _PlainFormatter(logging.Formatter):
+    """Our log lines without absl's prefix (`I1129 20:53:57.994505 140202722708352 train.py:372]`): INFO as the
+    message itself, other levels as `WARNING: message` (never `error:`, which is the one-line error contract's)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno == logging.INFO else f"{record.levelname}: {message}"
+
+
 def quiet_logs() -> None:
     """INFO for this project's loggers, WARNING for the libraries', and none of their known noise.
 
@@ -141,6 +150,7 @@ def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Cal
         for handler in logging.getLogger().handlers:  # absl's handler exists once flags are parsed
             handler.addFilter(_LibraryInfo())
             handler.addFilter(_DropNoise())
+            handler.setFormatter(_PlainFormatter())
         if tensorflow:
             import_tensorflow_quietly()
         try:

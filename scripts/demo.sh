@@ -27,8 +27,16 @@ python -m trainer.main --data_dir="$DEMO/tfrecords" --model_dir="$RUN" --weights
 step "Re-evaluating the exported model on the test split"
 python -m trainer.evaluate --model_dir="$RUN" --split=test
 
-step "Predicting two raw images"
+step "Predicting two raw images (file, predicted class, P(male)), then their true labels"
 python -m trainer.predict --model_dir="$RUN" "$DEMO/celeba/img_align_celeba/004000.jpg" \
   "$DEMO/celeba/img_align_celeba/003999.jpg"
+python - "$DEMO/celeba/list_attr_celeba.txt" 004000.jpg 003999.jpg <<'EOF'
+import sys
+lines = open(sys.argv[1]).read().splitlines()
+male = lines[1].split().index("Male")
+labels = {row.split()[0]: row.split()[1 + male] for row in lines[2:]}
+for name in sys.argv[2:]:
+    print(f"{name}\ttrue label: {'male' if labels[name] == '1' else 'female'}")
+EOF
 
 step "Done. Outputs: $DEMO/tfrecords (records), $RUN (history.csv, learning_curves.png, metrics.json, export/)"

@@ -147,7 +147,7 @@ def test_multi_worker_resume_after_sigkill_of_every_process(records_dir, tmp_pat
     worker1 = [line for line in out.splitlines() if line.startswith("[worker 1]")]
     assert worker1 and not [line for line in worker1 if "val_accuracy" in line or "model, metrics and plots" in line]
     # a clean end: every worker reaches the final barrier, so nobody reports the others as crashed
-    assert not [line for line in out.splitlines() if re.match(r"\[worker \d\] E\d{4} ", line) or "StartAbort" in line]
+    assert not [line for line in out.splitlines() if re.match(r"\[worker \d\] (E\d{4} |ERROR)", line) or "StartAbort" in line]
 
 
 def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(records_dir, tmp_path):

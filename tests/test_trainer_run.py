@@ -22,7 +22,8 @@ def _history(model_dir):
 
 def test_training_learns_the_synthetic_label(trained_run, learn_records):
     model_dir, proc = trained_run
-    assert "Epoch 1/60" in proc.stdout and "Epoch 60/60" in proc.stdout
+    epochs = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 60 and epochs[0].startswith("epoch 1/60  loss") and epochs[-1].startswith("epoch 60/60")
     assert "1 replicas in sync" in proc.stderr or "1 replicas in sync" in proc.stdout
     metrics = json.load(open(os.path.join(model_dir, "metrics.json")))
     manifest = json.load(open(os.path.join(learn_records, "manifest.json")))
@@ -126,7 +127,7 @@ def test_resume_after_sigkill(records_dir, tmp_path):
     resumed = [line for line in again.stdout.splitlines() if line.startswith("Resumed from epoch")]
     assert resumed and 1 <= int(resumed[0].split()[3].rstrip(",")) < 4, again.stdout
     assert [int(r["epoch"]) for r in _history(model_dir)] == [1, 2, 3, 4]
-    assert f"Epoch {int(resumed[0].split()[3].rstrip(',')) + 1}/4" in again.stdout
+    assert f"epoch {int(resumed[0].split()[3].rstrip(',')) + 1}/4  loss" in again.stdout
     fresh = subprocess.run(cmd[:-1] + ["--epochs=1", "--fresh"], cwd=ROOT, capture_output=True, text=True,
                            env=env, timeout=600)
     assert fresh.returncode == 0 and "Resumed" not in fresh.stdout

@@ -119,13 +119,14 @@ def write_history(path: str, rows: List[dict]) -> None:
 
 
 def progress_bar(steps: int, is_chief: bool):
-    """Keras' Progbar: live on a terminal, one line per epoch in a log, silent on the other workers."""
+    """Keras' Progbar, live on the chief's terminal; silent in a log (the epoch's summary line is enough there) and
+    on the other workers."""
     import sys
 
     import keras
 
     return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy", "images/s"],
-                               verbose=(1 if sys.stdout.isatty() else 2) if is_chief else 0)
+                               verbose=1 if is_chief and sys.stdout.isatty() else 0)
 
 
 class EpochReport:
@@ -136,11 +137,12 @@ class EpochReport:
         self.history_path = fileio.join(model_dir, "history.csv")
         self._writer: Optional[object] = None
 
-    def write(self, history: List[dict]) -> None:
+    def write(self, history: List[dict], total_epochs: int) -> None:
         import tensorflow as tf
 
         row = history[-1]
-        print(f"  val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
+        print(f"epoch {row['epoch']}/{total_epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+              f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
               f"({row['epoch_seconds']:.1f} s, {row['images_per_sec']:.0f} images/s)", flush=True)
         write_history(self.history_path, history)
         plot_learning_curves(history, fileio.join(self.model_dir, "learning_curves.png"))
@@ -170,6 +172,13 @@ def plot_learning_curves(history: List[dict], path: str) -> None:
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
+    best = min((r for r in history if r.get("val_loss") not in ("", None)), key=lambda r: float(r["val_loss"]),
+               default=None)
+    if best is not None:  # the epoch whose weights --restore_best keeps
+        for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_accuracy")):
+            ax.plot([int(best["epoch"])], [float(best[key])], "r*", markersize=14,
+                    label=f"best (epoch {best['epoch']})")
+            ax.legend()
     fine_tune = [int(r["epoch"]) for r in history if r.get("phase") == "fine_tune"]
     if fine_tune:
         for ax in (ax_loss, ax_acc):

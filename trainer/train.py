@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
@@ -140,7 +141,8 @@ class Trainer:
         while int(self.state.epoch.numpy()) < total:
             epoch = int(self.state.epoch.numpy()) + 1
             start = time.time()
-            print(f"Epoch {epoch}/{total}", flush=True)
+            if self.is_chief and sys.stdout.isatty():  # in a log, the epoch's summary line says it all
+                print(f"Epoch {epoch}/{total}", flush=True)
             phase = self._phase(epoch, int(self.state.step_in_epoch.numpy()))
             totals = self._run_steps(epoch, phase)
             self._finish_epoch(epoch, phase, totals, start, history)
@@ -218,7 +220,7 @@ class Trainer:
                         "images_per_sec": round(images / max(train_seconds, 1e-9), 1),
                         "feature_cache": int(phase.use_cache)})
         if self.report is not None:
-            self.report.write(history)
+            self.report.write(history, self.config.epochs + self.config.fine_tune_epochs)
         self.state.epoch.assign(epoch)
         self.state.step_in_epoch.assign(0)
         if self.state.improve(epoch, val_loss):
