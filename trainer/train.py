@@ -125,8 +125,7 @@ class Trainer:
         if not latest:
             return []
         epoch, step = int(self.state.epoch.numpy()), int(self.state.step_in_epoch.numpy())
-        LOG.info("Resumed from epoch %d%s (%s)", epoch, f", step {step}" if step else "", latest)
-        print(f"Resumed from epoch {epoch}" + (f", step {step}" if step else ""), flush=True)
+        print(f"Resumed from epoch {epoch}" + (f", step {step}" if step else "") + f" ({latest})", flush=True)
         return [row for row in metrics_lib.read_history(self.history_path) if int(row["epoch"]) <= epoch]
 
     def train(self) -> Dict:
