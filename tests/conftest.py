@@ -93,3 +93,27 @@ def trained_run(learn_records, tmp_path_factory):
                    *TRAIN_ARGS, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return model_dir, proc
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc, what: str, timeout: float = 60) -> None:
+    """Waits until `proc` (a server being started) accepts connections on 127.0.0.1:port."""
+    import socket
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, f"{what} did not start"
+            time.sleep(0.1)

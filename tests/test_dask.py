@@ -1,33 +1,22 @@
 """The records job on a real Dask cluster (a scheduler and two worker processes on 127.0.0.1), through Beam's Dask
 runner: the same shards, byte for byte, as the local runner's."""
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import ROOT, build
+from conftest import ROOT, build, free_port, wait_for_port
 
 
 @pytest.fixture(scope="module")
 def dask_cluster():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     address = f"tcp://127.0.0.1:{port}"
     procs = [subprocess.Popen([dask, "scheduler", "--host=127.0.0.1", f"--port={port}", "--no-dashboard"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert procs[0].poll() is None and time.time() < deadline, "the Dask scheduler did not start"
-            time.sleep(0.2)
+    wait_for_port(port, procs[0], "the Dask scheduler")
     procs += [subprocess.Popen([dask, "worker", address, "--nworkers=1", "--nthreads=1", "--no-dashboard"],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     from distributed import Client

@@ -9,11 +9,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, build
+from conftest import ROOT, assert_one_line_error, build, free_port, wait_for_port
 
 BUCKET = "records-test"
 
@@ -24,21 +23,12 @@ def gcs():
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     emulator = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
     proc = subprocess.Popen([emulator, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, "the GCS emulator did not start"
-            time.sleep(0.1)
+    wait_for_port(port, proc, "the GCS emulator")
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = url
     client = storage.Client(project="test", credentials=AnonymousCredentials())
