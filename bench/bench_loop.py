@@ -23,19 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_training import history, mean  # noqa: E402
-from bench.common import PYTHON, run_timed  # noqa: E402
-
-
-def _records(work: str, name: str, train: int, image_size: int, extra: int = 400) -> str:
-    celeba = os.path.join(work, f"celeba{train}")
-    if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
-        run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
-                   f"--num_images={int(train / 0.8) + extra}"])
-    records = os.path.join(work, name)
-    if not os.path.exists(os.path.join(records, "_SUCCESS")):
-        run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
-                   f"--split_sizes={train},64,64", f"--image_size={image_size}", "--num_shards=8"])
-    return records
+from bench.common import PYTHON, run_timed, synthetic_records  # noqa: E402
 
 
 def _trainer(records: str, model_dir: str, batch: int, epochs: int, *flags) -> float:
@@ -98,8 +86,9 @@ def main() -> None:
     parser.add_argument("--work_dir", default=None)
     args = parser.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_loop_")
-    small = _records(work, "records32", args.train, 32)
-    stream = _records(work, "records96", args.stream_steps * 32, 96)
+    small = synthetic_records(work, f"celeba{args.train}", "records32", args.train, 32, num_shards=8)
+    stream = synthetic_records(work, f"celeba{args.stream_steps * 32}", "records96", args.stream_steps * 32, 96,
+                               num_shards=8)
     figures = {
         "cached_loop1": _trainer(small, f"{work}/a", args.batch_size, args.epochs, "--feature_cache=on",
                                  "--steps_per_loop=1"),

@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_training import history, mean  # noqa: E402
-from bench.common import PYTHON, run_timed  # noqa: E402
+from bench.common import PYTHON, run_timed, synthetic_records  # noqa: E402
 
 ERROR_LINE = re.compile(r"^\[worker \d\] (E\d{4} |ERROR|Traceback)|StartAbort")
 
@@ -34,14 +34,7 @@ def main() -> None:
     parser.add_argument("--work_dir", default=None)
     args = parser.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_multiworker_")
-    celeba, records = os.path.join(work, "celeba"), os.path.join(work, f"records{args.image_size}")
-    if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
-        run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
-                   f"--num_images={int(args.train / 0.8) + 400}"])
-    if not os.path.exists(os.path.join(records, "_SUCCESS")):
-        shutil.rmtree(records, ignore_errors=True)
-        run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
-                   f"--split_sizes={args.train},64,64", f"--image_size={args.image_size}", "--num_shards=4"])
+    records = synthetic_records(work, "celeba", f"records{args.image_size}", args.train, args.image_size)
     figures, errors = {}, {}
     for name in ("streaming", "feature_cache"):
         model_dir = os.path.join(work, f"run_{name}")

@@ -67,11 +67,12 @@ class Validation:
 def run_facts(config, info: data.DatasetInfo, strategy, policy: str, best_epoch) -> Dict:
     """What metrics.json says about the run besides the metrics."""
     from trainer import distribute
+    from trainer.fingerprint import transform_of
 
     return {"best_epoch": best_epoch, "precision": policy, "strategy": distribute.strategy_name(strategy),
             "replicas": strategy.num_replicas_in_sync, "flags": jsonable(dataclasses.asdict(config)),
             "image_size": info.image_size, "data_dir": config.data_dir,
-            "transform": {key: info.manifest[key] for key in ("image_size", "resize_mode", "jpeg_quality")}}
+            "transform": transform_of(info)}
 
 
 def save_evaluation(result: Dict, model_dir: str, suffix: str = "") -> None:
