@@ -5,13 +5,21 @@ What is private here and why:
   - `_BeamArgumentParser` + each PipelineOptions subclass's `_add_argparse_args`: to tell Beam flags from typos,
     since PipelineOptions silently drops flags it does not know;
   - `fn_runner.FnApiRunner` with a ProvisionInfo: the local runner DirectRunner builds, minus its attempt to
-    download and start Prism, with the options handed on to multi_processing worker processes;
+    download and start Prism, with the options handed on to multi_processing worker processes. Those workers are
+    started by our own command line, Beam's own plus SIGINT ignored: Ctrl-C reaches the whole process group, and
+    it is the main process's to handle (each worker would print tracebacks). On Ctrl-C the main process kills its
+    workers itself (`stop_workers_on_ctrl_c`): Beam's teardown waits for workers that may never see the end of
+    their control stream;
   - `auth._Credentials`: against a GCS emulator (STORAGE_EMULATOR_HOST), Beam would spend ~22 s retrying to find
     Google credentials before it connects anonymously, which is what an emulator needs; we say so at once.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
+import threading
 from typing import List, Optional, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -138,12 +146,70 @@ def pipeline_options(beam_args: Sequence[str], big: bool) -> Tuple[PipelineOptio
         if big and (os.cpu_count() or 1) > 1:
             direct.direct_running_mode = "multi_processing"
             direct.direct_num_workers = os.cpu_count()
+    environment = None
     if direct.direct_running_mode == "multi_processing":  # worker processes: our progress, not Beam's chatter
         worker = options.view_as(WorkerOptions)
         worker.default_sdk_harness_log_level = worker.default_sdk_harness_log_level or "WARNING"
         worker.sdk_harness_log_level_overrides = {"preprocessing": "INFO",
                                                   **(worker.sdk_harness_log_level_overrides or {})}
+        environment = _workers_ignoring_ctrl_c()
+        direct.direct_running_mode = None  # else FnApiRunner replaces our environment with its own
     # As DirectRunner does it, minus its Prism attempt: the options reach the worker processes too.
     provision = beam_provision_api_pb2.ProvisionInfo(
         pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True)))
-    return options, fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+    return options, fn_runner.FnApiRunner(default_environment=environment,
+                                          provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
+def _workers_ignoring_ctrl_c():
+    """Beam's multi_processing worker command, started with SIGINT ignored (kept so through exec and by Python)."""
+    import shlex
+    import sys
+
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    return SubprocessSDKEnvironment.from_command_string(
+        f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main")
+
+
+@contextlib.contextmanager
+def stop_workers_on_ctrl_c():
+    """While the local pipeline runs, Ctrl-C (SIGINT) kills this process's Beam worker processes, mutes the library
+    noise of the teardown that follows, and raises KeyboardInterrupt as usual. A no-op off the main thread or when
+    SIGINT is not Python's default handler."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is not signal.default_int_handler:
+        yield
+        return
+
+    def on_ctrl_c(signum, frame):
+        threading.excepthook = lambda args: None  # worker threads now fail on closed channels, as expected
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+        for pid in _worker_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker_pids() -> List[int]:
+    """This process's children that run Beam's SDK worker (Linux /proc; elsewhere none are found)."""
+    me, pids = str(os.getpid()), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = f.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if parent == me and b"sdk_worker_main" in command:
+            pids.append(int(entry))
+    return pids

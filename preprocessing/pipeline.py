@@ -406,7 +406,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
                            f"{g.target if g.target is not None else 'all'}" for g in groups))
         options, runner = beam_compat.pipeline_options(beam_args, num_candidates >= 4 * CHUNK_SIZE)
         try:
-            with beam.Pipeline(runner=runner, options=options) as p:
+            with beam_compat.stop_workers_on_ctrl_c(), beam.Pipeline(runner=runner, options=options) as p:
                 build_pipeline(p, groups, source, config, work_dir)
         except Exception as e:  # noqa: BLE001  (runners wrap a worker's OSError in their own exception types)
             environment = _environment_error(e)

@@ -271,6 +271,43 @@ def test_killed_run_leaves_no_success_and_its_leftovers_are_cleaned(celeba_txt, 
     assert (out / "_SUCCESS").exists() and not list(tmp_path.glob("out.partial-*"))
 
 
+def test_ctrl_c_to_a_multi_process_build_is_one_line_and_stops_its_workers(celeba_copy, tmp_path):
+    """Ctrl-C reaches the whole process group (a real SIGINT to it). One image is a FIFO, so a worker process is
+    caught mid-read when the signal comes, whatever the machine's speed."""
+    import signal
+    import time
+
+    victim = sorted(os.listdir(os.path.join(celeba_copy, "img_align_celeba")))[5]
+    os.remove(os.path.join(celeba_copy, "img_align_celeba", victim))
+    fifo = os.path.join(celeba_copy, "img_align_celeba", victim)
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}",
+                             f"--output_dir={out}", "--split_sizes=200,20,20", "--image_size=32",
+                             "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,  # its own process group, as a terminal gives a job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait for a worker to block reading the FIFO
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            break
+        except OSError:  # ENXIO: nobody reads it yet
+            time.sleep(0.05)
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                              text=True).stdout.split()]
+    assert workers, "the build runs no worker processes"
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), "interrupted")
+    assert stderr.splitlines()[-1] == "error: interrupted" and "CRITICAL" not in stderr, stderr
+    assert not out.exists() and not list(tmp_path.glob("out.partial-*"))
+    time.sleep(0.5)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")], "worker processes outlived the build"
+
+
 class FlakyImageSource(celeba.ImageSource):
     """A test double standing in for a flaky store (GCS 503s, resets): the listed images fail to read `failures`
     times each with a transient error, then read fine."""
