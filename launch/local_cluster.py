@@ -3,7 +3,8 @@
 Usage:
   python -m launch.local_cluster --num_workers=2 -- --data_dir=tfrecords/celeba --batch_size=64
 
-Each worker gets a TF_CONFIG naming all of them (free ports) and its own index; worker 0 is the chief. Output
+With --data_service_workers=N, a tf.data service (launch.data_service) is started first and the workers train
+through it. Each worker gets a TF_CONFIG naming all of them (free ports) and its own index; worker 0 is the chief. Output
 lines are prefixed with `[worker i]`. If any worker fails, the others are stopped and the launcher exits with that
 worker's status; no process is left behind, even when the launcher itself is killed with SIGKILL (the workers are
 started with PR_SET_PDEATHSIG).
@@ -30,6 +31,8 @@ class LocalCluster:
     num_workers: int = option(2, "Worker processes to start.", lower_bound=1)
     module: str = option("trainer.main", "Python module each worker runs.")
     grace_seconds: float = option(10.0, "How long stopped workers get between SIGTERM and SIGKILL.")
+    data_service_workers: int = option(0, "Also start a tf.data service (a dispatcher and this many workers) and "
+                                       "train through it (--data_service); 0: none.", lower_bound=0)
 
 
 def free_ports(count: int) -> List[int]:
@@ -52,7 +55,7 @@ def tf_configs(num_workers: int, ports: Optional[Sequence[int]] = None) -> List[
     return [{"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}} for i in range(num_workers)]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: the kernel sends it SIGKILL when the launcher dies, even by SIGKILL (Linux)."""
     try:
         import ctypes
@@ -71,7 +74,7 @@ def _pump(index: int, stream, lock: threading.Lock) -> None:
     stream.close()
 
 
-def _stop(processes: List[subprocess.Popen], grace: float) -> None:
+def stop_processes(processes: List[subprocess.Popen], grace: float) -> None:
     for p in processes:
         if p.poll() is None:
             try:
@@ -110,7 +113,7 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
             worker_env.pop("CLUSTER_SPEC", None)
             p = subprocess.Popen([sys.executable, "-m", module, *args], env=worker_env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                 preexec_fn=_die_with_parent)
+                                 preexec_fn=die_with_parent)
             processes.append(p)
             t = threading.Thread(target=_pump, args=(index, p.stdout, lock), daemon=True)
             t.start()
@@ -132,7 +135,7 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
             time.sleep(0.1)
         return status
     finally:
-        _stop(processes, grace)
+        stop_processes(processes, grace)
         for t in pumps:
             t.join(timeout=5)
         for s, handler in previous.items():
@@ -141,7 +144,17 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
 
 def main(argv: Sequence[str]) -> int:
     config = from_flags(LocalCluster)
-    status = run_cluster(config.num_workers, passthrough_args(argv), config.module, config.grace_seconds)
+    args, service = list(passthrough_args(argv)), []
+    if config.data_service_workers:
+        from launch import data_service
+
+        address, service = data_service.start_local(config.data_service_workers)
+        print(f"tf.data service at {address}: a dispatcher and {config.data_service_workers} workers", flush=True)
+        args.append(f"--data_service={address}")
+    try:
+        status = run_cluster(config.num_workers, args, config.module, config.grace_seconds)
+    finally:
+        stop_processes(service, 5.0)
     if status:
         raise UserError(f"the local cluster failed (status {status}); see the worker output above")
     return 0

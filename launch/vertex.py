@@ -6,7 +6,8 @@ Usage:
       --base_output_dir=gs://B/runs/r1 [--dry_run] -- --data_dir=gs://B/tfrecords/celeba --batch_size=512
 
 --dry_run prints the CustomJob as JSON on stdout and the equivalent gcloud command on stderr; nothing is sent.
-Pool 0 is the chief (1 replica); pool 1 holds the other replica_count - 1 workers. Vertex AI hands each replica
+Pool 0 is the chief (1 replica); pool 1 holds the other replica_count - 1 workers; with --data_service_workers=N,
+pool 3 holds N CPU machines running a tf.data service that decodes the training input (trainer --data_service). Vertex AI hands each replica
 CLUSTER_SPEC and AIP_MODEL_DIR, which trainer.main turns into TF_CONFIG and its --model_dir.
 """
 from __future__ import annotations
@@ -36,6 +37,10 @@ class VertexJob:
     display_name: Optional[str] = option(None, "Job name (default celeba-vgg16-<time>).")
     base_output_dir: Optional[str] = option(None, "gs:// folder; Vertex AI sets AIP_MODEL_DIR etc. under it.")
     service_account: Optional[str] = option(None, "Service account the job runs as.")
+    data_service_workers: int = option(0, "Add a pool of this many CPU machines running a tf.data service "
+                                       "(launch.data_service) that decodes the training input; 0: none.",
+                                       lower_bound=0)
+    data_service_machine_type: str = option("n2-highcpu-32", "Machine type of the tf.data service pool.")
     dry_run: bool = option(False, "Print the job instead of submitting it.")
 
 
@@ -145,8 +150,24 @@ def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str
     check_batch_size(args, config.replica_count, config.accelerator_count)
     name = display_name or config.display_name or \
         f"celeba-vgg16-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
-    return job_spec(name, config.image_uri, config.machine_type, config.accelerator_type, config.accelerator_count,
-                    config.replica_count, args, config.base_output_dir, config.service_account)
+    if config.data_service_workers:
+        args = [a for a in args if not a.startswith("--data_service")] + ["--data_service=vertex"]
+    job = job_spec(name, config.image_uri, config.machine_type, config.accelerator_type, config.accelerator_count,
+                   config.replica_count, args, config.base_output_dir, config.service_account)
+    if config.data_service_workers:
+        add_data_service_pool(job, config.image_uri, config.data_service_workers, config.data_service_machine_type)
+    return job
+
+
+def add_data_service_pool(job: dict, image_uri: str, workers: int, machine_type: str) -> None:
+    """Pool 3 of the job: CPU machines running a tf.data service. Its first replica also runs the dispatcher, which
+    the trainers find through CLUSTER_SPEC (--data_service=vertex); pools 1 and 2 stay empty when unused."""
+    pools = job["jobSpec"]["workerPoolSpecs"]
+    while len(pools) < 3:
+        pools.append({})
+    pools.append({"machineSpec": {"machineType": machine_type}, "replicaCount": workers,
+                  "containerSpec": {"imageUri": image_uri,
+                                    "command": ["python", "-m", "launch.data_service", "--role=vertex"]}})
 
 
 def launch(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None) -> str:

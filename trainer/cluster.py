@@ -11,13 +11,30 @@ from typing import Optional
 
 from celeba_common.cli import UserError
 
-_POOL_TO_TASK = {"workerpool0": "chief", "workerpool1": "worker", "workerpool2": "ps", "workerpool3": "evaluator"}
+_POOL_TO_TASK = {"workerpool0": "chief", "workerpool1": "worker", "workerpool2": "ps"}
+# launch.vertex puts a tf.data service in pool 3 (its first replica also runs the dispatcher): not a TF task.
+DATA_SERVICE_POOL = "workerpool3"
+DATA_SERVICE_PORT = 5050
+
+
+def vertex_data_service(environ=None) -> str:
+    """grpc://HOST:PORT of the tf.data service dispatcher of this Vertex AI job (CLUSTER_SPEC's pool 3)."""
+    environ = os.environ if environ is None else environ
+    try:
+        hosts = json.loads(environ.get("CLUSTER_SPEC") or "{}").get("cluster", {}).get(DATA_SERVICE_POOL) or []
+    except (ValueError, AttributeError):
+        hosts = []
+    if not hosts:
+        raise UserError("--data_service=vertex: CLUSTER_SPEC names no data service pool (launch.vertex "
+                        "--data_service_workers=N adds it)")
+    return f"grpc://{hosts[0].rsplit(':', 1)[0]}:{DATA_SERVICE_PORT}"
 
 
 def cluster_spec_to_tf_config(cluster_spec: dict) -> dict:
     """Vertex AI's CLUSTER_SPEC -> TF_CONFIG (chief = workerpool0, workers = workerpool1, ...)."""
     try:
-        cluster = {_POOL_TO_TASK[pool]: list(hosts) for pool, hosts in cluster_spec["cluster"].items() if hosts}
+        cluster = {_POOL_TO_TASK[pool]: list(hosts) for pool, hosts in cluster_spec["cluster"].items()
+                   if hosts and pool != DATA_SERVICE_POOL}
         task = cluster_spec["task"]
         return {"cluster": cluster, "task": {"type": _POOL_TO_TASK[task["type"]], "index": int(task["index"])}}
     except (KeyError, TypeError, ValueError) as e:

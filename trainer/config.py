@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Optional, Tuple
 
 from celeba_common import fileio
@@ -77,6 +78,9 @@ class TrainConfig:
                               choices=JIT_MODES)
     profile_steps: str = option("", "START,END: a TF profiler trace of these global steps (1-based) under the "
                                 "TensorBoard logs (its Profile tab).")
+    data_service: str = option("", "grpc://HOST:PORT of a tf.data service dispatcher (python -m launch.data_service): "
+                               "the training input (read, decode, augment) runs on its workers; evaluation never "
+                               "does. vertex: the job's own (launch.vertex --data_service_workers).")
     # Not flags: Vertex AI hands these through AIP_CHECKPOINT_DIR / AIP_TENSORBOARD_LOG_DIR.
     checkpoint_dir: Optional[str] = None
     tensorboard_dir: Optional[str] = None
@@ -106,6 +110,11 @@ class TrainConfig:
              f"--steps_per_loop={self.steps_per_loop}: expected auto or an integer >= 1"),
             (_profile_ok(self.profile_steps), f"--profile_steps={self.profile_steps}: expected START,END with "
                                               f"1 <= START <= END"),
+            (not self.data_service or self.data_service == "vertex" or
+             re.fullmatch(r"grpc://[^/:]+:\d+", self.data_service),
+             f"--data_service={self.data_service}: expected grpc://HOST:PORT (or vertex, in a launch.vertex job)"),
+            (not (self.data_service and self.cache),
+             "--cache and --data_service: decoded images cannot be kept here when the service's workers decode"),
             (self.weights.lower() in ("imagenet", "none") or fileio.exists(self.weights),
              f"--weights={self.weights}: no such file; {WEIGHTS_HELP}"),
         ]

@@ -8,6 +8,7 @@ Images stay uint8 all the way; the model converts and normalizes them itself.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from typing import Callable, Dict, List, Optional
@@ -72,10 +73,10 @@ def decode(serialized, image_size: int, with_extras: bool = False):
 
 def fits_in_memory(num_examples: int, image_size: int, fraction: float = 0.5) -> bool:
     """Whether decoded uint8 images would take under `fraction` of the available memory."""
-    return num_examples * image_size * image_size * 3 < fraction * _available_memory()
+    return num_examples * image_size * image_size * 3 < fraction * available_memory()
 
 
-def _available_memory() -> int:
+def available_memory() -> int:
     """MemAvailable on Linux (free + reclaimable cache), else the free pages."""
     try:
         with open("/proc/meminfo") as f:
@@ -114,13 +115,16 @@ def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, t
                     shuffle_buffer: int = 2048, augment_images: bool = False, cache: bool = False,
                     seed: Optional[int] = None, with_extras: bool = False,
                     drop_remainder: Optional[bool] = None, epoch: int = 0, skip_steps: int = 0,
-                    memory_cache: Optional[Dict[int, tf.data.Dataset]] = None) -> Callable:
+                    memory_cache: Optional[Dict[int, tf.data.Dataset]] = None, data_service: str = "",
+                    job_name: str = "") -> Callable:
     """A dataset_fn(input_context) yielding per-replica batches; usable with or without a strategy.
 
     Training pipelines shuffle with epoch_seed(seed, epoch) and skip the first `skip_steps` global batches (a resumed
     epoch continues its own order, so every example of the epoch is seen once). Each input pipeline reads its own
     shards (or every n-th record when there are fewer shards than pipelines), so each example is read exactly once.
     With `cache`, pass the same `memory_cache` dict every epoch: the decoded images it holds are then kept.
+    With `data_service` (training only), the whole pipeline runs on the tf.data service's workers instead; see
+    _from_service.
     """
     drop_remainder = training if drop_remainder is None else drop_remainder
     deterministic = not training or seed is not None
@@ -134,6 +138,8 @@ def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, t
             batch = input_context.get_per_replica_batch_size(global_batch_size)
             pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         skip = skip_steps * (global_batch_size // pipelines)  # the examples this pipeline already fed
+        if training and data_service:
+            return _from_service(files, decode_fn, batch, shuffle_buffer, augment_images, data_service, job_name)
         if cache:  # decode once, keep the pixels; the shuffle comes after the cache, so each epoch differs
             if pipeline_id not in cached:
                 cached[pipeline_id] = _records(files, pipelines, pipeline_id, None, deterministic).map(
@@ -159,6 +165,28 @@ def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, t
     return dataset_fn
 
 
+def _from_service(files: List[str], decode_fn: Callable, batch: int, shuffle_buffer: int, augment_images: bool,
+                  service: str, job_name: str) -> tf.data.Dataset:
+    """The training input read from a tf.data service in distributed_epoch mode (ShardingPolicy.DYNAMIC).
+
+    The dispatcher hands the shard files out to the service's workers one at a time; each worker reads, shuffles,
+    decodes, augments and batches what it got, and every consumer (input pipeline) sharing `job_name` takes the
+    next ready batch. Within one pass over the files each example is produced at most once (exactly once unless a
+    service worker dies mid-file); the pass repeats, and an epoch takes its steps from this stream. The order is
+    not reproducible, and a resumed epoch does not skip the batches it already trained on.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20), cycle_length=max(1, min(len(files), 4)),
+        num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.shuffle(shuffle_buffer).map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=False)
+    if augment_images:
+        ds = ds.map(lambda image, label: (tf.image.random_flip_left_right(image), label), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).repeat()
+    ds = ds.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service, job_name=job_name))
+    return ds.prefetch(AUTOTUNE)
+
+
 def _seeded_flip(seed: Optional[int]) -> Callable:
     """Random flips that depend on (seed, position in the epoch) only: reproducible, and the same after a resume."""
 
@@ -172,10 +200,15 @@ def _seeded_flip(seed: Optional[int]) -> Callable:
 def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool, epoch: int = 0,
                          skip_steps: int = 0, with_extras: bool = False,
                          memory_cache: Optional[Dict[int, tf.data.Dataset]] = None) -> Callable:
-    """make_dataset_fn with a TrainConfig's settings (augment and --cache apply to training only)."""
+    """make_dataset_fn with a TrainConfig's settings (augment, --cache and --data_service apply to training only).
+
+    A service job is named after the run folder, the epoch and the step it starts at: the input pipelines of every
+    worker share it, and a rerun or resume starts a job of its own."""
+    job = hashlib.sha256(f"{config.model_dir}|{epoch}|{skip_steps}".encode()).hexdigest()[:16]
     num_train = info.num_examples("train")
     return make_dataset_fn(
         info.files(split), info.image_size, config.batch_size, training=training,
         shuffle_buffer=config.shuffle_buffer, augment_images=config.augment and training,
         cache=config.cache and training and fits_in_memory(num_train, info.image_size), seed=config.seed,
-        with_extras=with_extras, epoch=epoch, skip_steps=skip_steps, memory_cache=memory_cache)
+        with_extras=with_extras, epoch=epoch, skip_steps=skip_steps, memory_cache=memory_cache,
+        data_service=config.data_service if training else "", job_name=f"celeba-train-{job}")

@@ -9,7 +9,7 @@ import functools
 import hashlib
 import json
 import logging
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import keras
 import numpy as np
@@ -107,22 +107,64 @@ def load(folder: str) -> tf.data.Dataset:
 
 
 def dataset_fn(path: str, global_batch: int, training: bool, buffer: int, seed: int,
-               skip_steps: int = 0) -> Callable:
-    """A dataset_fn(input_context) over this pipeline's cached features: shuffled (seeded per epoch), repeated and
-    resumed at `skip_steps` for training; in order, every example once, otherwise."""
+               skip_steps: int = 0, steps: int = 0, memory: Optional[Dict[str, tuple]] = None) -> Callable:
+    """A dataset_fn(input_context) over this pipeline's cached features: shuffled (seeded per epoch) and resumed at
+    `skip_steps` for training; in order, every example once, otherwise.
+
+    Training with a `memory` dict (one per run) and features that fit in memory: they are read once and kept there,
+    and each epoch is a seeded permutation gathered by index, batch by batch (`steps` steps of the global batch). No
+    shuffle buffer is refilled at each epoch: this is the path that keeps a GPU busy at head-training speed.
+    Otherwise: a shuffle buffer of `buffer` examples over the saved parts, repeated.
+    """
 
     def make(input_context=None):
         batch, pipelines, pipeline_id = global_batch, 1, 0
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(global_batch)
             pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-        ds = load(_worker_folder(path, pipeline_id, pipelines))
+        folder = _worker_folder(path, pipeline_id, pipelines)
+        per_step = (global_batch // pipelines) // batch  # this pipeline's batches per global step (its replicas)
+        if training and memory is not None and steps and _in_memory(folder, memory) is not None:
+            return _permuted_batches(memory[folder], batch, (seed, pipeline_id), steps * per_step,
+                                     skip_steps * per_step)
+        ds = load(folder)
         if training:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
             ds = ds.skip(skip_steps * (global_batch // pipelines))
         return ds.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
     return make
+
+
+MEMORY_FRACTION = 0.25  # cached features are kept in memory when they take under this share of the available memory
+
+
+def _in_memory(folder: str, memory: Dict[str, tuple]) -> Optional[tuple]:
+    """(features, labels) tensors of one worker's cached features, read once per run; None when they would not fit."""
+    if folder not in memory:
+        done = json.loads(fileio.read_bytes(fileio.join(folder, DONE)))
+        ds = load(folder)
+        spec = ds.element_spec[0]
+        size = done["examples"] * int(np.prod(spec.shape)) * spec.dtype.size
+        memory[folder] = None
+        if size < MEMORY_FRACTION * data.available_memory():
+            with tf.device("CPU:0"):
+                memory[folder] = next(iter(ds.batch(done["examples"])))
+            LOG.info("feature cache: %d examples (%.0f MB) kept in memory", done["examples"], size / 2**20)
+    return memory[folder]
+
+
+def _permuted_batches(arrays: tuple, batch: int, seed: tuple, num_batches: int, skip: int) -> tf.data.Dataset:
+    """num_batches batches of `batch` examples in a seeded order (one permutation after another), the first `skip`
+    left out; each batch gathered by index from the tensors in memory."""
+    features, labels = arrays
+    n = int(labels.shape[0])
+    rng = np.random.default_rng(list(seed))
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-num_batches * batch // n))])
+    indices = order[:num_batches * batch].reshape(num_batches, batch)[skip:]
+    ds = tf.data.Dataset.from_tensor_slices(indices)
+    return ds.map(lambda i: (tf.gather(features, i), tf.gather(labels, i)),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 class FeatureCache:
@@ -138,6 +180,7 @@ class FeatureCache:
         self.root, self.path = root, fileio.join(root, key)
         self.worker_index, self.num_workers = worker_index, num_workers
         self._ready: Dict[str, bool] = {}
+        self.memory: Dict[str, tuple] = {}  # features kept in memory across epochs (see dataset_fn)
 
     def split_path(self, split: str) -> str:
         """The split's cache folder, extracted first if any worker lacks its part (all workers call this together)."""

@@ -53,12 +53,19 @@ def make_optimizer(lr: float, net: keras.Model, loss_scaling: bool):
     return optimizer
 
 
+def _resolve_data_service(config: TrainConfig) -> TrainConfig:
+    """--data_service=vertex: the dispatcher of this Vertex AI job's data service pool."""
+    if config.data_service == "vertex":
+        return dataclasses.replace(config, data_service=cluster.vertex_data_service())
+    return config
+
+
 class Trainer:
     """Owns the strategy, model, optimizers, checkpoints and outputs of one training run."""
 
     def __init__(self, config: TrainConfig):
         config.validate()
-        self.config = config
+        self.config = config = _resolve_data_service(config)
         self.cluster = cluster.ensure_tf_config()
         self.is_chief = cluster.is_chief(self.cluster)
         self.strategy = distribute.make_strategy(config.strategy, config.cross_device_ops)
@@ -87,6 +94,10 @@ class Trainer:
         LOG.info("global batch %d (%d per replica); precision %s; feature cache %s; XLA %s", config.batch_size,
                  config.batch_size // self.replicas, self.policy, "on" if self.use_feature_cache else "off",
                  "on" if self.jit_compile else "off")
+        if config.data_service:
+            LOG.info("training input from the tf.data service at %s (distributed_epoch: its workers read and "
+                     "decode%s); evaluation reads the records here", config.data_service,
+                     "; the head phase trains on cached features" if self.use_feature_cache else "")
 
     def _build(self) -> None:
         config = self.config
@@ -167,7 +178,7 @@ class Trainer:
             return Phase("head", self.model, self.optimizers["optimizer"], config.lr, streaming, False)
         dataset_fn = feature_cache.dataset_fn(self.features.split_path("train"), config.batch_size, True,
                                               max(config.shuffle_buffer, 10000), data.epoch_seed(config.seed, epoch),
-                                              skip_steps=first_step)
+                                              first_step, self.steps_per_epoch, self.features.memory)
         return Phase("head", model_lib.head_model(self.model), self.optimizers["optimizer"], config.lr, dataset_fn,
                      True)
 
