@@ -10,6 +10,11 @@ Each cell trains in its own model_dir under output_dir (lr<LR>_bs<BS>); finished
 not rerun, and an interrupted cell resumes from its checkpoints. Locally the cells run one after another; with
 --vertex each cell is a Vertex AI job and rerunning the command later collects the finished ones. Writes
 summary.md, summary.csv and val_accuracy_heatmap.png, and names the best cell with the command reproducing it.
+
+The backbone runs once for the whole grid: locally, trainer.extract_features fills the shared feature cache before
+the first cell, and every cell trains its head on those features from epoch 1. With --vertex and
+--feature_cache_dir=gs://..., the first invocation submits one GPU job that extracts the features; rerun the
+command once it has finished, and the cells go out on --cell_machine_type without a GPU.
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ class SweepConfig:
     output_dir: str = option("runs/sweep", "One model_dir per cell under it, and the summary.")
     converged_epochs: int = option(3, "'Converged' = mean over this many last epochs.", lower_bound=1)
     vertex: bool = option(False, "Run each cell as a Vertex AI job (uses launch.vertex's flags).")
+    cell_machine_type: str = option("n1-standard-8", "With --vertex and shared features (--feature_cache_dir=gs://"
+                                    "...): the machine of each cell, which trains only the head on the cached "
+                                    "features, without GPU; the extraction job gets launch.vertex's machine.")
 
 COLUMNS = ("lr", "batch_size", "status", "epochs", "val_accuracy_lowest", "val_accuracy_highest",
            "val_accuracy_converged", "val_loss_at_lowest", "val_loss_at_highest", "val_loss_converged", "model_dir")
@@ -87,13 +95,65 @@ def _run_local(args: Sequence[str], log_path: str) -> tuple:
     return proc.returncode, reason
 
 
+def shares_features(trainer_args: Sequence[str]) -> bool:
+    """Whether the cells' head phase trains on cached features (so one extraction serves the whole grid)."""
+    flag = lambda name: vertex_lib.trainer_flag(trainer_args, name)  # noqa: E731
+    return flag("feature_cache") != "off" and flag("augment") in (None, "false", "0") and \
+        "--augment" not in trainer_args
+
+
+def _extract_once(lrs, batch_sizes, output_dir: str, trainer_args: Sequence[str]) -> None:
+    """Runs the frozen backbone once for the grid (trainer.extract_features); every cell then reuses the features."""
+    print(f"[sweep] the backbone runs once for all {len(lrs) * len(batch_sizes)} cells: extracting the features",
+          flush=True)
+    proc = subprocess.run([sys.executable, "-m", "trainer.extract_features", *trainer_args,
+                           f"--batch_size={min(batch_sizes)}"], capture_output=True, text=True)
+    fileio.write_bytes(fileio.join(output_dir, "extract_features.log"), (proc.stdout + proc.stderr).encode())
+    if proc.returncode:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        print(f"[sweep] extracting the features failed ({(errors or ['see extract_features.log'])[-1]}); each cell "
+              f"extracts its own", flush=True)
+
+
+def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], jobs: dict) -> Optional[str]:
+    """With --vertex: the one GPU job that fills the shared gs:// cache; None once it is known to have finished."""
+    from trainer.feature_cache import DONE
+
+    cache = vertex_lib.trainer_flag(trainer_args, "feature_cache_dir") or ""
+    if not cache.startswith("gs://"):
+        return None  # each cell extracts its own features, as a single run does
+    if "extract" in jobs and fileio.glob(fileio.join(cache, "*", "validation", "worker-*", DONE)):
+        return None
+    if "extract" not in jobs:
+        jobs["extract"] = vertex_lib.launch(vertex, trainer_args, display_name="sweep-extract-features",
+                                            module="trainer.extract_features")
+    return jobs["extract"] or "dry run"
+
+
 def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, output_dir: str,
               trainer_args: Sequence[str], converged_epochs: int = 3,
-              vertex: Optional[vertex_lib.VertexJob] = None) -> List[dict]:
-    """Runs (or, with a VertexJob, submits) every unfinished cell, then tabulates all of them. Returns the rows."""
+              vertex: Optional[vertex_lib.VertexJob] = None, cell_machine_type: str = "n1-standard-8") -> List[dict]:
+    """Runs (or, with a VertexJob, submits) every unfinished cell, then tabulates all of them. Returns the rows.
+
+    With cached features, the backbone runs once first: locally here, on Vertex as its own GPU job, after which
+    the cells (submitted by a rerun of the command, or at once in a dry run) need no GPU."""
     rows = []
     jobs_path = fileio.join(output_dir, "vertex_jobs.json")
     jobs = json.loads(fileio.read_bytes(jobs_path)) if vertex and fileio.exists(jobs_path) else {}
+    unfinished = [1 for lr in lrs for bs in batch_sizes
+                  if not fileio.exists(fileio.join(output_dir, cell_name(lr, bs), "metrics.json"))]
+    if unfinished and shares_features(trainer_args) and not vertex:
+        _extract_once(lrs, batch_sizes, output_dir, trainer_args)
+    if unfinished and shares_features(trainer_args) and vertex:
+        extraction = _submit_extraction(vertex, trainer_args, jobs)
+        if extraction and extraction != "dry run":
+            fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
+            print(f"[sweep] extracting the features once ({extraction}); rerun this command when it has finished "
+                  f"to submit the cells, which then need no GPU", flush=True)
+            return rows
+        if extraction or vertex_lib.trainer_flag(trainer_args, "feature_cache_dir"):
+            vertex = dataclasses.replace(vertex, machine_type=cell_machine_type, accelerator_type=None,
+                                         accelerator_count=0)
     for lr in lrs:
         for bs in batch_sizes:
             name = cell_name(lr, bs)
@@ -212,7 +272,8 @@ def main(argv: Sequence[str]) -> int:
     vertex = from_flags(vertex_lib.VertexJob) if config.vertex else None
     if vertex and not vertex.dry_run and not config.output_dir.startswith("gs://"):
         raise UserError(f"--output_dir={config.output_dir}: Vertex AI jobs need a gs:// output folder")
-    rows = run_sweep(lrs, batch_sizes, config.epochs, config.output_dir, args, config.converged_epochs, vertex)
+    rows = run_sweep(lrs, batch_sizes, config.epochs, config.output_dir, args, config.converged_epochs, vertex,
+                     config.cell_machine_type)
     failed = [r for r in rows if r["status"].startswith("failed")]
     print(f"[sweep] {len(rows) - len(failed)} of {len(rows)} cells ok; summary in "
           f"{fileio.join(config.output_dir, 'summary.md')}")

@@ -46,7 +46,8 @@ class VertexJob:
 
 def job_spec(display_name: str, image_uri: str, machine_type: str, accelerator_type: Optional[str],
              accelerator_count: int, replica_count: int, args: Sequence[str],
-             base_output_dir: Optional[str] = None, service_account: Optional[str] = None) -> dict:
+             base_output_dir: Optional[str] = None, service_account: Optional[str] = None,
+             module: str = "trainer.main") -> dict:
     """The CustomJob resource (REST field names) for the trainer."""
     if replica_count < 1:
         raise UserError(f"--replica_count={replica_count}: must be >= 1 (1 chief + replica_count - 1 workers)")
@@ -63,7 +64,10 @@ def job_spec(display_name: str, image_uri: str, machine_type: str, accelerator_t
     machine = {"machineType": machine_type}
     if accelerator_type:
         machine.update({"acceleratorType": accelerator_type, "acceleratorCount": accelerator_count})
-    pool = {"machineSpec": machine, "containerSpec": {"imageUri": image_uri, "args": list(args)}}
+    container = {"imageUri": image_uri, "args": list(args)}
+    if module != "trainer.main":  # the image's entry point runs trainer.main
+        container["command"] = ["python", "-m", module]
+    pool = {"machineSpec": machine, "containerSpec": container}
     pools = [{**pool, "replicaCount": 1}]
     if replica_count > 1:
         pools.append({**json.loads(json.dumps(pool)), "replicaCount": replica_count - 1})
@@ -143,7 +147,8 @@ def check_batch_size(args: Sequence[str], replica_count: int, accelerator_count:
                         f"machines x {max(accelerator_count, 1)}); use a multiple of {replicas}")
 
 
-def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None) -> dict:
+def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None,
+              module: str = "trainer.main") -> dict:
     """The CustomJob for `config` running the trainer with `args`."""
     if not config.project:
         raise UserError("--project is required")
@@ -153,7 +158,7 @@ def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str
     if config.data_service_workers:
         args = [a for a in args if not a.startswith("--data_service")] + ["--data_service=vertex"]
     job = job_spec(name, config.image_uri, config.machine_type, config.accelerator_type, config.accelerator_count,
-                   config.replica_count, args, config.base_output_dir, config.service_account)
+                   config.replica_count, args, config.base_output_dir, config.service_account, module)
     if config.data_service_workers:
         add_data_service_pool(job, config.image_uri, config.data_service_workers, config.data_service_machine_type)
     return job
@@ -170,9 +175,10 @@ def add_data_service_pool(job: dict, image_uri: str, workers: int, machine_type:
                                     "command": ["python", "-m", "launch.data_service", "--role=vertex"]}})
 
 
-def launch(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None) -> str:
+def launch(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None,
+           module: str = "trainer.main") -> str:
     """Dry run: prints the job and returns ''; else submits it and returns its resource name."""
-    job = build_job(config, args, display_name)
+    job = build_job(config, args, display_name, module)
     if not any(a.startswith("--data_dir=gs://") for a in args):
         sys.stderr.write("note: no --data_dir=gs://... in the trainer flags; the job cannot see local folders\n")
     if config.dry_run:

@@ -1,15 +1,26 @@
 """Shared fixtures: small synthetic CelebA downloads in CelebA's real file formats, and built datasets."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The shared feature cache: never the user's ~/.cache. Session fixtures use this folder; each test gets its own
+# (the autouse fixture below), so no test reuses features another one extracted unless it says so.
+os.environ["CELEBA_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="celeba-feature-cache-")
+atexit.register(shutil.rmtree, os.environ["CELEBA_FEATURE_CACHE"], True)
+
+
+@pytest.fixture(autouse=True)
+def own_feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELEBA_FEATURE_CACHE", str(tmp_path / "feature_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,23 @@ def test_sweep_grid_tables_resume_and_failing_cell(records_dir, tmp_path):
     assert Image.open(out / "val_accuracy_heatmap.png").size[0] > 100
     again = run_cli(*args, timeout=600)
     assert again.stdout.count("already finished, not rerun") == 2
+    # The backbone ran once for the grid; each cell trained on the shared features from its first epoch.
+    assert "the backbone runs once for all 4 cells" in proc.stdout
+    for name in ("lr0.001_bs8", "lr0.003_bs8"):
+        log = (out / f"{name}.log").read_text()
+        assert "feature cache: computing" not in log and "feature cache: reusing the train split" in log, log[-2000:]
+    # ... and equals the same cell run on its own, with a cache of its own.
+    alone = tmp_path / "alone"
+    proc = run_cli("-m", "trainer.main", *args[args.index("--") + 1:], f"--model_dir={alone}", "--batch_size=8",
+                   "--lr=1e-3", "--epochs=2", f"--feature_cache_dir={tmp_path}/own_cache", timeout=600)
+    assert proc.returncode == 0 and "feature cache: computing" in proc.stderr, proc.stderr[-2000:]
+    for ours, theirs in zip(_history_rows(out / "lr0.001_bs8"), _history_rows(alone)):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert abs(float(ours[key]) - float(theirs[key])) <= 1e-5, (key, ours, theirs)
+
+
+def _history_rows(model_dir):
+    return list(csv.DictReader(open(model_dir / "history.csv")))
 
 
 def test_sweep_bad_input(tmp_path):
@@ -119,3 +136,25 @@ def test_sweep_on_vertex_dry_run(tmp_path):
     args = jobs[1]["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"]
     assert args == ["--data_dir=gs://b/records", f"--model_dir={tmp_path}/lr0.001_bs64", "--batch_size=64",
                     "--lr=0.001", "--epochs=3"]
+
+
+def test_sweep_on_vertex_extracts_once_on_a_gpu_and_runs_its_cells_without(tmp_path):
+    proc = run_cli("-m", "launch.sweep", "--vertex", "--dry_run", "--project=p", "--image_uri=img",
+                   "--machine_type=g2-standard-8", "--accelerator_type=NVIDIA_L4", "--accelerator_count=1",
+                   "--lrs=1e-3,1e-4", "--batch_sizes=32", "--epochs=3", f"--output_dir={tmp_path}", "--",
+                   "--data_dir=gs://b/records", "--feature_cache_dir=gs://b/features")
+    assert proc.returncode == 0, proc.stderr
+    decoder, text, jobs = json.JSONDecoder(), proc.stdout, []
+    while "{" in text:
+        job, end = decoder.raw_decode(text[text.index("{"):])
+        jobs.append(job)
+        text = text[text.index("{") + end:]
+    assert [j["displayName"] for j in jobs] == ["sweep-extract-features", "sweep-lr0-001_bs32", "sweep-lr0-0001_bs32"]
+    extract = jobs[0]["jobSpec"]["workerPoolSpecs"][0]
+    assert extract["machineSpec"] == {"machineType": "g2-standard-8", "acceleratorType": "NVIDIA_L4",
+                                      "acceleratorCount": 1}
+    assert extract["containerSpec"]["command"] == ["python", "-m", "trainer.extract_features"]
+    for cell in jobs[1:]:
+        pool = cell["jobSpec"]["workerPoolSpecs"][0]
+        assert pool["machineSpec"] == {"machineType": "n1-standard-8"}  # no GPU: the head trains on the features
+        assert "--feature_cache_dir=gs://b/features" in pool["containerSpec"]["args"]

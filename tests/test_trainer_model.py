@@ -28,7 +28,7 @@ def _trainer(records_dir, tmp_path, **kw):
                                                ("float32", "float32")])
 def test_precision_keeps_float32_variables_and_output(records_dir, tmp_path, policy, precision, compute):
     trainer = _trainer(records_dir, tmp_path, precision=precision)
-    trainer._build()
+    trainer.build()
     net = trainer.model
     assert all(v.dtype == "float32" for v in net.weights)
     assert model_lib.backbone(net).layers[1].compute_dtype == compute
@@ -63,7 +63,8 @@ def test_feature_cache_matches_streaming(records_dir, tmp_path, policy):
     # the cache reuses the saved features: no file is written again, and they load the same
     files = sorted(p for p in tmp_path.joinpath("cache").rglob("*") if p.is_file())
     stamps = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files}
-    cache = feature_cache.FeatureCache(strategy, net, info, str(tmp_path), "cache", batch_size=8)
+    cache = feature_cache.FeatureCache(strategy, net, info, str(tmp_path), {}, batch_size=8)
+    cache.path = str(tmp_path / "cache")
     again = feature_cache.load(os.path.join(cache.split_path("test"), "worker-0-of-1"))
     assert sorted(p for p in tmp_path.joinpath("cache").rglob("*") if p.is_file()) == files
     assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files} == stamps

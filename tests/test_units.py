@@ -107,9 +107,14 @@ def test_feature_cache_key_follows_the_weights_file_content(records_dir, tmp_pat
     info = data.load(records_dir, verify=False)
     weights = tmp_path / "vgg16_notop.h5"
     weights.write_bytes(b"first weights")
-    key = feature_cache.cache_key(info, str(weights), "flatten", "float32", 42)
-    assert feature_cache.cache_key(info, str(weights), "flatten", "float32", 42) == key
+
+    def cache_key(*args):
+        return feature_cache.cache_key(feature_cache.key_facts(info, *args))
+
+    key = cache_key(str(weights), "flatten", "float32", 42)
+    assert cache_key(str(weights), "flatten", "float32", 42) == key
+    assert cache_key(str(weights), "flatten", "float32", 7) == key  # the seed counts only for random weights
+    assert cache_key("none", "flatten", "float32", 7) != cache_key("none", "flatten", "float32", 42)
     weights.write_bytes(b"other weights")  # changed in place, same path
-    assert feature_cache.cache_key(info, str(weights), "flatten", "float32", 42) != key
-    assert feature_cache.cache_key(info, "imagenet", "avg", "float32", 42) != \
-        feature_cache.cache_key(info, "imagenet", "flatten", "float32", 42)
+    assert cache_key(str(weights), "flatten", "float32", 42) != key
+    assert cache_key("imagenet", "avg", "float32", 42) != cache_key("imagenet", "flatten", "float32", 42)

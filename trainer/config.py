@@ -38,6 +38,14 @@ def _profile_ok(text: str) -> bool:
         return False
 
 
+def default_feature_cache_dir() -> str:
+    """$CELEBA_FEATURE_CACHE, else $XDG_CACHE_HOME/celeba-tfrecords/features (~/.cache/celeba-tfrecords/features)."""
+    if os.environ.get("CELEBA_FEATURE_CACHE"):
+        return os.environ["CELEBA_FEATURE_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "celeba-tfrecords", "features")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     data_dir: str = option(DEFAULT_DATA_DIR, "Records written by preprocessing.build_records.")
@@ -62,6 +70,9 @@ class TrainConfig:
     cache: bool = option(False, "Keep decoded images in memory after the first epoch when they fit.")
     feature_cache: str = option("auto", "Train the head on backbone features computed once.",
                                 choices=FEATURE_CACHE_MODES)
+    feature_cache_dir: str = option("", "Where cached features live, shared by every run and sweep cell with the "
+                                    "same records, weights, pooling and precision (default: "
+                                    "~/.cache/celeba-tfrecords/features; a gs:// folder for cloud jobs).")
     seed: int = option(42, "Seed of initialization, shuffling and dropout.")
     checkpoint_steps: int = option(0, "Also checkpoint every N steps (0: once per epoch).")
     fresh: bool = option(False, "Ignore existing checkpoints and history in --model_dir and start over.")

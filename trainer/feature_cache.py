@@ -2,6 +2,13 @@
 
 While the backbone is frozen, the head is the only thing that trains, so the images need to go through VGG16 only
 once; every later epoch trains the head on the saved features (tf.data.Dataset.save / load).
+
+The cache is shared and content-addressed: --feature_cache_dir (default: config.default_feature_cache_dir()) holds one folder per key,
+and the key is what determines the features (the shards' sha256, the backbone weights, pooling, precision; the
+seed only for random weights). Any run with the same key reuses them: another --lr, --batch_size or head, every
+cell of a sweep. A worker's features are written into a temporary folder and renamed into place complete, so a
+half-written cache is never read, and of two runs extracting together the first rename wins and the other uses it.
+`python -m trainer.cache` lists and clears the cache.
 """
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import functools
 import hashlib
 import json
 import logging
+import time
+import uuid
 from typing import Callable, Dict, List, Optional
 
 import keras
@@ -18,8 +27,10 @@ import tensorflow as tf
 from celeba_common import fileio
 from celeba_common.cli import UserError
 from trainer import data, distribute, model as model_lib
+from trainer.config import default_feature_cache_dir
 
 DONE = "_DONE"
+INFO = "info.json"
 LOG = logging.getLogger("trainer")
 
 
@@ -37,13 +48,19 @@ def wanted(config) -> bool:
     return reason is None
 
 
-def cache_key(info: data.DatasetInfo, weights: str, pooling: str, policy: str, seed: int) -> str:
-    """What determines the features: the shards' sha256, the backbone weights (a file's content), pooling, policy."""
-    shards = [s["sha256"] for split in info.manifest["splits"].values() for s in split["shards"]]
+def key_facts(info: data.DatasetInfo, weights: str, pooling: str, policy: str, seed: int) -> dict:
+    """What determines the features: the shards' sha256, the backbone weights (a file's content, or imagenet with
+    the Keras version), pooling, precision policy, and the seed when the weights are random."""
     from trainer.fingerprint import weights_id
 
-    key = json.dumps([shards, weights_id(weights), pooling, policy, seed], sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    shards = [s["sha256"] for split in info.manifest["splits"].values() for s in split["shards"]]
+    return {"shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest(), "weights": weights_id(weights),
+            "pooling": pooling, "precision": policy, "seed": seed if weights.lower() == "none" else None,
+            "image_size": info.image_size}
+
+
+def cache_key(facts: dict) -> str:
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 PART_EXAMPLES = 4096  # features are saved in parts of this many examples, so extraction memory stays bounded
@@ -77,9 +94,8 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
     dist = strategy.distribute_datasets_from_function(dataset_fn)
     run = tf.function(lambda images, labels: strategy.run(forward, args=(images, labels)), reduce_retracing=True)
     folder = _worker_folder(path, seen["pipeline"], seen["pipelines"])
-    if fileio.exists(folder):
-        fileio.delete_tree(folder)  # a run killed mid-extraction left it: never read, rewritten
-    LOG.info("feature cache: computing the backbone features of the %s split (once) into %s", split, folder)
+    final, folder = folder, f"{folder}.tmp-{uuid.uuid4().hex[:8]}"  # renamed into place once complete
+    LOG.info("feature cache: computing the backbone features of the %s split (once) into %s", split, final)
     parts = total = pending = 0
     buffered_f: List[np.ndarray] = []
     buffered_l: List[np.ndarray] = []
@@ -94,7 +110,26 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
     if sum(len(b) for b in buffered_l):
         total += _save_part(folder, parts, buffered_f, buffered_l)
         parts += 1
-    fileio.write_bytes(fileio.join(folder, DONE), json.dumps({"parts": parts, "examples": total}).encode())
+    _publish(folder, final, json.dumps({"parts": parts, "examples": total}).encode())
+
+
+def _publish(tmp: str, final: str, done: bytes) -> None:
+    """Moves a complete temporary folder into place, its DONE marker last; if another run got there first, its
+    (identical) features stay and ours go. A leftover without DONE (an interrupted remote move) is replaced."""
+    if fileio.exists(final) and not fileio.exists(fileio.join(final, DONE)):
+        fileio.delete_tree(final)
+    if not fileio.is_remote(final):
+        fileio.write_bytes(fileio.join(tmp, DONE), done)
+    try:
+        fileio.move_tree(tmp, final)  # local: one atomic rename, which fails if the folder exists meanwhile
+    except OSError:
+        if not fileio.exists(fileio.join(final, DONE)):
+            raise
+        LOG.info("feature cache: another run finished %s first; using its features", final)
+        fileio.delete_tree(tmp)
+        return
+    if fileio.is_remote(final):
+        fileio.write_bytes(fileio.join(final, DONE), done)
 
 
 def load(folder: str) -> tf.data.Dataset:
@@ -174,10 +209,10 @@ class FeatureCache:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, root: str,
-                 key: str, batch_size: int, worker_index: int = 0, num_workers: int = 1):
+                 facts: dict, batch_size: int, worker_index: int = 0, num_workers: int = 1):
         self.strategy, self.net, self.info, self.batch_size = strategy, net, info, batch_size
         self.votes = distribute.Votes(strategy)
-        self.root, self.path = root, fileio.join(root, key)
+        self.root, self.path, self.facts = root, fileio.join(root, cache_key(facts)), facts
         self.worker_index, self.num_workers = worker_index, num_workers
         self._ready: Dict[str, bool] = {}
         self.memory: Dict[str, tuple] = {}  # features kept in memory across epochs (see dataset_fn)
@@ -188,18 +223,24 @@ class FeatureCache:
         if not self._ready.get(split):
             mine = _worker_folder(path, self.worker_index, self.num_workers)
             if self.votes.any_worker(not fileio.exists(fileio.join(mine, DONE))):
+                self._describe()
                 extract(self.strategy, self.net, self.info, split, path, self.batch_size)
+            else:
+                LOG.info("feature cache: reusing the %s split's features from %s", split, path)
             self._ready[split] = True
         return path
 
-    def remove(self) -> None:
-        if fileio.exists(self.root):
-            fileio.delete_tree(self.root)
+    def _describe(self) -> None:
+        """info.json next to the splits: what the key stands for (for `python -m trainer.cache`)."""
+        info = fileio.join(self.path, INFO)
+        if self.worker_index == 0 and not fileio.exists(info):
+            fileio.write_bytes(info, json.dumps({**self.facts, "records": self.info.data_dir,
+                                                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1).encode())
 
 
 def for_run(config, strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, policy: str,
             worker_index: int, num_workers: int) -> FeatureCache:
-    """The feature cache of a training run: under model_dir/feature_cache, keyed by what decides the features."""
-    key = cache_key(info, config.weights, config.pooling, policy, config.seed)
-    return FeatureCache(strategy, net, info, fileio.join(config.model_dir, "feature_cache"), key, config.batch_size,
+    """The feature cache of a training run: in --feature_cache_dir (shared), keyed by what decides the features."""
+    facts = key_facts(info, config.weights, config.pooling, policy, config.seed)
+    return FeatureCache(strategy, net, info, config.feature_cache_dir or default_feature_cache_dir(), facts, config.batch_size,
                         worker_index, num_workers)

@@ -99,7 +99,7 @@ class Trainer:
                      "decode%s); evaluation reads the records here", config.data_service,
                      "; the head phase trains on cached features" if self.use_feature_cache else "")
 
-    def _build(self) -> None:
+    def build(self) -> None:
         config = self.config
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
@@ -142,7 +142,7 @@ class Trainer:
     def train(self) -> Dict:
         """Runs (or resumes) both phases; returns the final summary. Raises Preempted or NonFiniteLoss."""
         self.sigterm.install()
-        self._build()
+        self.build()
         history = self._restore()
         config = self.config
         total = config.epochs + config.fine_tune_epochs
@@ -249,8 +249,6 @@ class Trainer:
         evaluation.save_evaluation(result, config.model_dir)
         if config.export:
             evaluation.export(self.model, config.model_dir)
-        if self.features is not None:
-            self.features.remove()
         return result
 
     def finish(self) -> None:
