@@ -27,6 +27,8 @@ bench: install
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_multiworker.py
 	$(BIN)/python bench/bench_dask.py
+	$(BIN)/python bench/bench_loop.py
+	$(BIN)/python bench/bench_sweep.py
 
 clean:
 	rm -rf data/demo runs/demo

@@ -41,9 +41,9 @@ def run_timed(cmd: List[str]) -> Tuple[float, int, str]:
 
 
 def synthetic_records(work: str, celeba_name: str, records_name: str, train: int, image_size: int,
-                      extra: int = 400, num_shards: int = 4) -> str:
-    """A synthetic download (train / 0.8 + extra images) and its records (train,64,64) under work, each made only
-    when the work folder lacks it; returns the records folder."""
+                      extra: int = 400, num_shards: int = 4, holdout: int = 64) -> str:
+    """A synthetic download (train / 0.8 + extra images) and its records (train,holdout,holdout) under work, each
+    made only when the work folder lacks it; returns the records folder."""
     import shutil
 
     celeba = os.path.join(work, celeba_name)
@@ -54,5 +54,5 @@ def synthetic_records(work: str, celeba_name: str, records_name: str, train: int
     if not os.path.exists(os.path.join(records, "_SUCCESS")):
         shutil.rmtree(records, ignore_errors=True)
         run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
-                   f"--split_sizes={train},64,64", f"--image_size={image_size}", f"--num_shards={num_shards}"])
+                   f"--split_sizes={train},{holdout},{holdout}", f"--image_size={image_size}", f"--num_shards={num_shards}"])
     return records
