@@ -29,7 +29,7 @@ import apache_beam as beam
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing import beam_compat, celeba, schema, splits, tfrecord
+from preprocessing import beam_compat, celeba, schema, splits, tfds_metadata, tfrecord
 from preprocessing.config import Config
 from preprocessing.manifest import MANIFEST, SUCCESS, write_json
 from preprocessing.transform import ImageError, transform_image, use_one_thread
@@ -453,7 +453,8 @@ def _publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
 
 
 def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> dict:
-    """Writes manifest.json, splits/*.txt and errors.jsonl, then publishes work_dir as the output folder."""
+    """Writes manifest.json, TFDS metadata, splits/*.txt and errors.jsonl, then publishes work_dir as the output
+    folder."""
     meta_dir = fileio.join(work_dir, _META)
     selection = json.loads(fileio.read_bytes(fileio.join(meta_dir, "selection.json")))
     errors_path = fileio.join(meta_dir, "errors.json")
@@ -498,6 +499,7 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
         "images_per_sec": round(total / seconds, 1) if seconds else 0.0,
     }
     write_json(fileio.join(work_dir, MANIFEST), manifest)
+    tfds_metadata.write(work_dir, manifest)  # dataset_info.json + features.json: TFDS opens the folder
     for sub in (_META, _CHUNKS, ".source"):
         fileio.delete_tree(fileio.join(work_dir, sub))
     _publish(work_dir, config.output_dir, config.overwrite)

@@ -67,6 +67,17 @@ def test_a_dataset_on_gcs_is_complete_refused_then_replaced_whole(gcs, celeba_tx
     manifest = json.loads(client.bucket(BUCKET).blob("data/celeba/manifest.json").download_as_bytes())
     local = build(celeba_txt, str(tmp_path / "local"), num_shards=2)  # the same flags on local disk
     assert manifest["splits"] == local["splits"]  # byte-identical shards (sizes, counts, sha256)
+    # The TFDS metadata went to gs:// too. TFDS reads gs:// through TensorFlow's filesystem, which cannot be pointed
+    # at an emulator, so the dataset is fetched from it and opened with TFDS from a local copy.
+    fetched = tmp_path / "fetched" / "celeba"
+    fetched.mkdir(parents=True)
+    for name in first:
+        client.bucket(BUCKET).blob(name).download_to_filename(str(fetched / name.rsplit("/", 1)[-1]))
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(fetched))
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 120, "validation": 20, "test": 20}
+    assert sum(1 for _ in builder.as_dataset(split="train")) == 120
 
     again = _build(url, celeba_txt, "data/celeba", "--num_shards=2")  # no --overwrite: refused, nothing changed
     assert_one_line_error(again, "gs://records-test/data/celeba", "--overwrite")
