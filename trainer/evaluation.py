@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from celeba_common import fileio
 from preprocessing.manifest import write_json
-from trainer import data, feature_cache, metrics as metrics_lib, model as model_lib
+from trainer import data, feature_cache, metrics as metrics_lib, model as model_lib, serving
 from trainer.steps import evaluate_distributed, gather_predictions, make_evaluate
 
 
@@ -83,8 +83,9 @@ def save_evaluation(result: Dict, model_dir: str, suffix: str = "") -> None:
                                       f"{result['split']} confusion matrix")
 
 
-def export(net: keras.Model, model_dir: str) -> None:
-    """model.keras (for trainer.predict / evaluate) and export/ (a SavedModel for TF Serving / Vertex)."""
+def export(net: keras.Model, model_dir: str, info: data.DatasetInfo) -> None:
+    """model.keras (for trainer.predict / evaluate) and export/ (a SavedModel for TF Serving / Vertex AI that takes
+    raw image bytes; see serving.py)."""
     keras_path = fileio.join(model_dir, "model.keras")
     if fileio.is_remote(model_dir):
         local = os.path.join(tempfile.mkdtemp(), "model.keras")
@@ -95,7 +96,8 @@ def export(net: keras.Model, model_dir: str) -> None:
     export_dir = fileio.join(model_dir, "export")
     if fileio.exists(export_dir):
         fileio.delete_tree(export_dir)
-    net.export(export_dir, format="tf_saved_model", verbose=False)
+    serving.export(net, export_dir, info.image_size, info.manifest.get("resize_mode", "crop"),
+                   int(info.manifest.get("jpeg_quality", 95)))
 
 
 def weights_checksum(net: keras.Model) -> str:

@@ -248,7 +248,7 @@ class Trainer:
             return result
         evaluation.save_evaluation(result, config.model_dir)
         if config.export:
-            evaluation.export(self.model, config.model_dir)
+            evaluation.export(self.model, config.model_dir, self.info)
         return result
 
     def finish(self) -> None:
