@@ -6,6 +6,11 @@ Usage:
       --base_output_dir=gs://B/runs/r1 [--dry_run] -- --data_dir=gs://B/tfrecords/celeba --batch_size=512
 
 --dry_run prints the CustomJob as JSON on stdout and the equivalent gcloud command on stderr; nothing is sent.
+
+Serving: python -m launch.vertex --deploy --project=P --region=R --model_uri=gs://B/runs/r1/export \
+      [--serving_machine_type=n1-standard-4 --serving_accelerator_type=NVIDIA_TESLA_T4 --serving_accelerator_count=1]
+uploads the SavedModel as a Vertex AI Model (prebuilt TF serving container) and deploys it to an endpoint
+(launch/deploy.py); with --dry_run it prints the requests, the gcloud commands and a predict call.
 Pool 0 is the chief (1 replica); pool 1 holds the other replica_count - 1 workers; with --data_service_workers=N,
 pool 3 holds N CPU machines running a tf.data service that decodes the training input (trainer --data_service). Vertex AI hands each replica
 CLUSTER_SPEC and AIP_MODEL_DIR, which trainer.main turns into TF_CONFIG and its --model_dir.
@@ -189,14 +194,29 @@ def launch(config: VertexJob, args: Sequence[str], display_name: Optional[str] =
 
 
 def main(argv: Sequence[str]) -> int:
-    name = launch(from_flags(VertexJob), passthrough_args(argv))
+    from launch.deploy import VertexDeploy, deploy
+
+    job, serving = from_flags(VertexJob), from_flags(VertexDeploy)
+    if serving.deploy:
+        endpoint = deploy(serving, job.project, job.region, job.dry_run)
+        if endpoint:
+            print(f"deployed to {endpoint}")
+        return 0
+    name = launch(job, passthrough_args(argv))
     if name:
         print(f"submitted {name}")
     return 0
 
 
+def _define_flags() -> None:
+    from launch.deploy import VertexDeploy
+
+    define_flags(VertexJob)
+    define_flags(VertexDeploy)
+
+
 def cli() -> None:
-    run_main(main, define_flags=lambda: define_flags(VertexJob))
+    run_main(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

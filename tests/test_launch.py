@@ -158,3 +158,24 @@ def test_sweep_on_vertex_extracts_once_on_a_gpu_and_runs_its_cells_without(tmp_p
         pool = cell["jobSpec"]["workerPoolSpecs"][0]
         assert pool["machineSpec"] == {"machineType": "n1-standard-8"}  # no GPU: the head trains on the features
         assert "--feature_cache_dir=gs://b/features" in pool["containerSpec"]["args"]
+
+
+def test_vertex_deploy_dry_run_prints_the_requests_and_a_predict_call():
+    proc = run_cli("-m", "launch.vertex", "--deploy", "--dry_run", "--project=p", "--region=europe-west4",
+                   "--model_uri=gs://b/runs/r1/export", "--serving_accelerator_type=NVIDIA_L4",
+                   "--serving_accelerator_count=1", "--max_replicas=3")
+    assert proc.returncode == 0, proc.stderr
+    upload, create, deploy = json.loads(proc.stdout)
+    assert upload["url"].endswith("/projects/p/locations/europe-west4/models:upload")
+    assert upload["body"]["model"]["artifactUri"] == "gs://b/runs/r1/export"
+    assert "vertex-ai/prediction/tf2-gpu" in upload["body"]["model"]["containerSpec"]["imageUri"]
+    assert create["url"].endswith("/endpoints")
+    resources = deploy["body"]["deployedModel"]["dedicatedResources"]
+    assert resources["machineSpec"]["acceleratorType"] == "NVIDIA_L4" and resources["maxReplicaCount"] == 3
+    for needle in ("gcloud ai models upload", "gcloud ai endpoints deploy-model", "base64", "image_bytes",
+                   "gcloud ai endpoints predict"):
+        assert needle in proc.stderr, needle
+    assert_one_line_error(run_cli("-m", "launch.vertex", "--deploy", "--dry_run", "--project=p",
+                                  "--model_uri=runs/local/export"), "--model_uri=runs/local/export", "gs://")
+    assert_one_line_error(run_cli("-m", "launch.vertex", "--deploy", "--dry_run", "--project=p",
+                                  "--model_uri=gs://b/e", "--min_replicas=3", "--max_replicas=2"), "--max_replicas=2")
