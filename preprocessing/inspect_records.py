@@ -1,7 +1,7 @@
 """Prints a dataset's manifest summary, verifies every shard against it, and draws a contact sheet.
 
 Usage:
-  python -m preprocessing.inspect_records --data_dir=tfrecords/celeba [--samples=32 --sheet=PATH]
+  python -m preprocessing.inspect_records --data_dir=tfrecords/celeba [--split=train --samples=32 --sheet=PATH]
 
 Exits non-zero, naming each bad shard, when a shard's record count, size or sha256 differs from the manifest.
 """
@@ -24,6 +24,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("data_dir", os.path.join("tfrecords", "celeba"), "Dataset folder written by build_records.")
     flags.DEFINE_integer("samples", 32, "Images on the contact sheet.", lower_bound=0)
     flags.DEFINE_string("sheet", None, "Contact sheet PNG path; default DATA_DIR/contact_sheet.png.")
+    flags.DEFINE_enum("split", "train", list(schema.SPLITS), "The split the contact sheet shows.")
 
 
 def decode_record(record: bytes) -> Tuple[bytes, int, str]:
@@ -35,7 +36,8 @@ def decode_record(record: bytes) -> Tuple[bytes, int, str]:
             parsed[schema.FILENAME_KEY].numpy().decode())
 
 
-def contact_sheet(samples: Sequence[Tuple[bytes, int, str]], path: str, columns: int = 8) -> None:
+def contact_sheet(samples: Sequence[Tuple[bytes, int, str]], path: str, title: str, columns: int = 8) -> None:
+    """A grid of the images under `title`, each captioned with its label (colored by class) and file name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,12 +45,13 @@ def contact_sheet(samples: Sequence[Tuple[bytes, int, str]], path: str, columns:
     from PIL import Image
 
     rows = max(1, (len(samples) + columns - 1) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 2.1), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.0, rows * 2.5 + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (jpeg, label, name) in zip(axes.flat, samples):
         ax.imshow(Image.open(io.BytesIO(jpeg)))
-        ax.set_title(f"{name}\n{schema.CLASS_NAMES[label]}", fontsize=7)
+        ax.set_title(f"{schema.CLASS_NAMES[label]}\n{name}", fontsize=11, color=("tab:red", "tab:blue")[label])
+    fig.suptitle(title, fontsize=14)
     fig.tight_layout()
     with fileio.open_write(path) as f:
         fig.savefig(f, format="png", dpi=80)
@@ -70,11 +73,17 @@ def main(argv: Sequence[str]) -> int:
         bad = ", ".join(problems)
         raise UserError(f"{len(problems)} bad shard(s) in {data_dir}: {bad}")
     if FLAGS.samples:
-        first = next(iter(manifest["splits"].values()))["shards"][0]["file"]
+        if FLAGS.split not in manifest["splits"]:
+            raise UserError(f"--split={FLAGS.split}: {data_dir} has no such split ({', '.join(manifest['splits'])})")
+        info = manifest["splits"][FLAGS.split]
+        first = info["shards"][0]["file"]
         records = tfrecord.read_records(fileio.join(data_dir, first), FLAGS.samples)
         sheet = FLAGS.sheet or fileio.join(data_dir, "contact_sheet.png")
-        contact_sheet([decode_record(r) for r in records], sheet)
-        print(f"contact sheet of {len(records)} images: {sheet}")
+        size = manifest["image_size"]
+        title = (f"{data_dir}: {FLAGS.split} split, the first {len(records)} of {info['num_examples']} images "
+                 f"({size}x{size}, {manifest.get('resize_mode', 'crop')}); label and file name under each")
+        contact_sheet([decode_record(r) for r in records], sheet, title)
+        print(f"contact sheet of {len(records)} {FLAGS.split} images: {sheet}")
     print(f"all {sum(len(i['shards']) for i in manifest['splits'].values())} shards match the manifest")
     return 0
 
