@@ -54,5 +54,6 @@ def synthetic_records(work: str, celeba_name: str, records_name: str, train: int
     if not os.path.exists(os.path.join(records, "_SUCCESS")):
         shutil.rmtree(records, ignore_errors=True)
         run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
-                   f"--split_sizes={train},{holdout},{holdout}", f"--image_size={image_size}", f"--num_shards={num_shards}"])
+                   f"--split_sizes={train},{holdout},{holdout}", f"--image_size={image_size}",
+                   f"--num_shards={num_shards}"])
     return records

@@ -3,11 +3,11 @@
 Usage:
   python -m launch.local_cluster --num_workers=2 -- --data_dir=tfrecords/celeba --batch_size=64
 
-With --data_service_workers=N, a tf.data service (launch.data_service) is started first and the workers train
-through it. Each worker gets a TF_CONFIG naming all of them (free ports) and its own index; worker 0 is the chief. Output
+Each worker gets a TF_CONFIG naming all of them (free ports) and its own index; worker 0 is the chief. Output
 lines are prefixed with `[worker i]`. If any worker fails, the others are stopped and the launcher exits with that
 worker's status; no process is left behind, even when the launcher itself is killed with SIGKILL (the workers are
-started with PR_SET_PDEATHSIG).
+started with PR_SET_PDEATHSIG). With --data_service_workers=N, a tf.data service (launch.data_service) is started
+first and the workers train through it.
 """
 from __future__ import annotations
 

@@ -6,14 +6,15 @@ Usage:
       --base_output_dir=gs://B/runs/r1 [--dry_run] -- --data_dir=gs://B/tfrecords/celeba --batch_size=512
 
 --dry_run prints the CustomJob as JSON on stdout and the equivalent gcloud command on stderr; nothing is sent.
+Pool 0 is the chief (1 replica); pool 1 holds the other replica_count - 1 workers; with --data_service_workers=N,
+pool 3 holds N CPU machines running a tf.data service that decodes the training input (trainer --data_service).
+Vertex AI hands each replica CLUSTER_SPEC and AIP_MODEL_DIR, which trainer.main turns into TF_CONFIG and its
+--model_dir.
 
 Serving: python -m launch.vertex --deploy --project=P --region=R --model_uri=gs://B/runs/r1/export \
       [--serving_machine_type=n1-standard-4 --serving_accelerator_type=NVIDIA_TESLA_T4 --serving_accelerator_count=1]
 uploads the SavedModel as a Vertex AI Model (prebuilt TF serving container) and deploys it to an endpoint
 (launch/deploy.py); with --dry_run it prints the requests, the gcloud commands and a predict call.
-Pool 0 is the chief (1 replica); pool 1 holds the other replica_count - 1 workers; with --data_service_workers=N,
-pool 3 holds N CPU machines running a tf.data service that decodes the training input (trainer --data_service). Vertex AI hands each replica
-CLUSTER_SPEC and AIP_MODEL_DIR, which trainer.main turns into TF_CONFIG and its --model_dir.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 While the backbone is frozen, the head is the only thing that trains, so the images need to go through VGG16 only
 once; every later epoch trains the head on the saved features (tf.data.Dataset.save / load).
 
-The cache is shared and content-addressed: --feature_cache_dir (default: config.default_feature_cache_dir()) holds one folder per key,
-and the key is what determines the features (the shards' sha256, the backbone weights, pooling, precision; the
+The cache is shared and content-addressed: --feature_cache_dir (default: config.default_feature_cache_dir())
+holds one folder per key, and the key is what determines the features (the shards' sha256, the backbone weights, pooling, precision; the
 seed only for random weights). Any run with the same key reuses them: another --lr, --batch_size or head, every
 cell of a sweep. A worker's features are written into a temporary folder and renamed into place complete, so a
 half-written cache is never read, and of two runs extracting together the first rename wins and the other uses it.
@@ -242,5 +242,5 @@ def for_run(config, strategy: tf.distribute.Strategy, net: keras.Model, info: da
             worker_index: int, num_workers: int) -> FeatureCache:
     """The feature cache of a training run: in --feature_cache_dir (shared), keyed by what decides the features."""
     facts = key_facts(info, config.weights, config.pooling, policy, config.seed)
-    return FeatureCache(strategy, net, info, config.feature_cache_dir or default_feature_cache_dir(), facts, config.batch_size,
-                        worker_index, num_workers)
+    root = config.feature_cache_dir or default_feature_cache_dir()
+    return FeatureCache(strategy, net, info, root, facts, config.batch_size, worker_index, num_workers)
