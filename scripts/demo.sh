@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO_DIR:-data/demo}
 RUN=${DEMO_RUN:-runs/demo}
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '==> %s\n' "$*"; }
 
 if [[ ! -f "$DEMO/celeba/list_attr_celeba.txt" ]]; then
   step "Generating a synthetic CelebA download (4000 faces, CelebA's file formats)"

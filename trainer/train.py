@@ -157,7 +157,9 @@ class Trainer:
             totals = self._run_steps(epoch, phase)
             self._finish_epoch(epoch, phase, totals, start, history)
         self.profiler.stop()
-        LOG.info("weights checksum (%s): %s", cluster.task_id(self.cluster), evaluation.weights_checksum(self.model))
+        if self.num_workers > 1:  # equal on every worker when they stayed in sync
+            LOG.info("weights checksum (%s): %s", cluster.task_id(self.cluster),
+                     evaluation.weights_checksum(self.model))
         self.votes.barrier()  # the chief's last (best) checkpoint is written before anyone reads it
         if config.restore_best and self.checkpoints.restore_best():
             LOG.info("Restored the weights of epoch %d (lowest val_loss %.4f)", int(self.state.best_epoch.numpy()),
