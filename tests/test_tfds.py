@@ -11,7 +11,9 @@ from preprocessing import schema, tfds_metadata
 from trainer import data
 
 
-def test_tfds_opens_every_split_with_exact_counts_and_our_examples(records_dir):
+def test_tfds_opens_every_split_with_exact_counts_and_our_examples(learn_records):
+    """On the 800/100/100 fixture: every split's counts, and the test split example by example."""
+    records_dir = learn_records
     builder = tfds.builder_from_directory(records_dir)
     manifest = json.load(open(os.path.join(records_dir, "manifest.json")))
     assert set(builder.info.splits) == set(manifest["splits"])
@@ -20,7 +22,7 @@ def test_tfds_opens_every_split_with_exact_counts_and_our_examples(records_dir):
         assert builder.info.splits[split].shard_lengths == [s["num_records"] for s in info["shards"]]
     label = builder.info.features["image"]["class"]["label"]
     assert label.names == list(schema.CLASS_NAMES)
-    images, labels, extras = list(data.make_dataset_fn(data.load(records_dir).files("test"), 32, 20, False,
+    images, labels, extras = list(data.make_dataset_fn(data.load(records_dir).files("test"), 32, 100, False,
                                                        with_extras=True)())[0]
     ours = {f: (i, l, a) for f, i, l, a in zip(extras["filename"].numpy(), images.numpy(),
                                                 np.argmax(labels.numpy(), -1), extras["attributes"].numpy())}
