@@ -92,7 +92,7 @@ def test_predict_raw_files_agrees_with_records_and_saved_model(trained_run, lear
     np.testing.assert_allclose(p_cli[:6], p_records, atol=2e-3)
     assert abs(p_cli[6] - p_cli[0]) < 0.05
     serving = tf.saved_model.load(os.path.join(model_dir, "export"))
-    p_saved = serving.serve(tf.constant(images)).numpy()[:, 1]
+    p_saved = serving.signatures["serving_images"](images=tf.constant(images))["p_male"].numpy()
     np.testing.assert_allclose(p_saved, p_records, atol=2e-3)
 
 
