@@ -9,8 +9,8 @@ from conftest import assert_one_line_error, run_cli
 def test_training_through_a_local_data_service_learns_and_says_so(learn_records, tmp_path):
     model_dir = tmp_path / "run"
     proc = run_cli("-m", "launch.local_cluster", "--num_workers=1", "--data_service_workers=2", "--",
-                   f"--data_dir={learn_records}", f"--model_dir={model_dir}", "--weights=none", "--epochs=12",
-                   "--feature_cache=off", "--batch_size=32", "--lr=3e-3", "--precision=float32", "--noexport",
+                   f"--data_dir={learn_records}", f"--model_dir={model_dir}", "--weights=none", "--epochs=6",
+                   "--feature_cache=off", "--batch_size=32", "--lr=5e-3", "--precision=float32", "--noexport",
                    timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "tf.data service at grpc://127.0.0.1:" in proc.stdout
@@ -18,8 +18,8 @@ def test_training_through_a_local_data_service_learns_and_says_so(learn_records,
     metrics = json.load(open(model_dir / "metrics.json"))
     manifest = json.load(open(os.path.join(learn_records, "manifest.json")))
     majority = max(manifest["splits"]["test"]["labels"].values()) / manifest["splits"]["test"]["num_examples"]
-    # The same flags without the service reached test accuracy 0.75 and ROC AUC 0.87 here (through it: 0.79 and
-    # 0.87); the service's order is not seeded, so the band is a little wider than one run's noise.
+    # The same flags without the service reached test accuracy 0.77 and ROC AUC 0.87 here; the service's order is
+    # not seeded, so the band is a little wider than one run's noise.
     assert metrics["test_accuracy"] >= majority + 0.08, (metrics["test_accuracy"], majority)
     assert metrics["roc_auc"] >= 0.8, metrics["roc_auc"]
     assert not subprocess.run(["pgrep", "-f", "launch.data_service --role"], capture_output=True).stdout, \

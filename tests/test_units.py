@@ -101,7 +101,7 @@ def test_choose_precision():
     assert distribute.choose_precision("auto") == ("mixed_bfloat16" if bf16 else "float32")
 
 
-def test_feature_cache_key_follows_the_weights_file_content(records_dir, tmp_path):
+def test_feature_cache_key_follows_the_weights_file_content_and_the_records(records_dir, learn_records, tmp_path):
     from trainer import data, feature_cache
 
     info = data.load(records_dir, verify=False)
@@ -118,3 +118,6 @@ def test_feature_cache_key_follows_the_weights_file_content(records_dir, tmp_pat
     weights.write_bytes(b"other weights")  # changed in place, same path
     assert cache_key(str(weights), "flatten", "float32", 42) != key
     assert cache_key("imagenet", "avg", "float32", 42) != cache_key("imagenet", "flatten", "float32", 42)
+    other = data.load(learn_records, verify=False)  # other shards (same image size): another key
+    assert feature_cache.cache_key(feature_cache.key_facts(other, "imagenet", "flatten", "float32", 42)) != \
+        cache_key("imagenet", "flatten", "float32", 42)
