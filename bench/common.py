@@ -1,9 +1,12 @@
 """Helpers shared by the benchmarks: timing a command with the peak memory of its whole process tree."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import List, Tuple
@@ -12,6 +15,10 @@ import psutil
 
 PYTHON = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The trainers a benchmark starts share a feature cache of its own (removed at exit), not the user's ~/.cache.
+if "CELEBA_FEATURE_CACHE" not in os.environ:
+    os.environ["CELEBA_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="bench_feature_cache_")
+    atexit.register(shutil.rmtree, os.environ["CELEBA_FEATURE_CACHE"], True)
 
 
 def run_timed(cmd: List[str]) -> Tuple[float, int, str]:
@@ -44,8 +51,6 @@ def synthetic_records(work: str, celeba_name: str, records_name: str, train: int
                       extra: int = 400, num_shards: int = 4, holdout: int = 64) -> str:
     """A synthetic download (train / 0.8 + extra images) and its records (train,holdout,holdout) under work, each
     made only when the work folder lacks it; returns the records folder."""
-    import shutil
-
     celeba = os.path.join(work, celeba_name)
     if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
         run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
