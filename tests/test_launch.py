@@ -122,16 +122,22 @@ def test_sweep_bad_input(tmp_path):
     assert_one_line_error(run_cli("-m", "launch.sweep", f"--output_dir={tmp_path}", "--", "--lr=1"), "--lr")
 
 
+def _printed_jobs(stdout):
+    """The JSON objects a --dry_run printed one after another."""
+    decoder, text, jobs = json.JSONDecoder(), stdout, []
+    while "{" in text:
+        job, end = decoder.raw_decode(text[text.index("{"):])
+        jobs.append(job)
+        text = text[text.index("{") + end:]
+    return jobs
+
+
 def test_sweep_on_vertex_dry_run(tmp_path):
     proc = run_cli("-m", "launch.sweep", "--vertex", "--dry_run", "--project=p", "--image_uri=img",
                    "--lrs=1e-3", "--batch_sizes=32,64", "--epochs=3", f"--output_dir={tmp_path}", "--",
                    "--data_dir=gs://b/records")
     assert proc.returncode == 0, proc.stderr
-    decoder, text, jobs = json.JSONDecoder(), proc.stdout, []
-    while "{" in text:
-        job, end = decoder.raw_decode(text[text.index("{"):])
-        jobs.append(job)
-        text = text[text.index("{") + end:]
+    jobs = _printed_jobs(proc.stdout)
     assert [j["displayName"] for j in jobs] == ["sweep-lr0-001_bs32", "sweep-lr0-001_bs64"]
     args = jobs[1]["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"]
     assert args == ["--data_dir=gs://b/records", f"--model_dir={tmp_path}/lr0.001_bs64", "--batch_size=64",
@@ -144,11 +150,7 @@ def test_sweep_on_vertex_extracts_once_on_a_gpu_and_runs_its_cells_without(tmp_p
                    "--lrs=1e-3,1e-4", "--batch_sizes=32", "--epochs=3", f"--output_dir={tmp_path}", "--",
                    "--data_dir=gs://b/records", "--feature_cache_dir=gs://b/features")
     assert proc.returncode == 0, proc.stderr
-    decoder, text, jobs = json.JSONDecoder(), proc.stdout, []
-    while "{" in text:
-        job, end = decoder.raw_decode(text[text.index("{"):])
-        jobs.append(job)
-        text = text[text.index("{") + end:]
+    jobs = _printed_jobs(proc.stdout)
     assert [j["displayName"] for j in jobs] == ["sweep-extract-features", "sweep-lr0-001_bs32", "sweep-lr0-0001_bs32"]
     extract = jobs[0]["jobSpec"]["workerPoolSpecs"][0]
     assert extract["machineSpec"] == {"machineType": "g2-standard-8", "acceleratorType": "NVIDIA_L4",

@@ -175,9 +175,7 @@ def _from_service(files: List[str], decode_fn: Callable, batch: int, shuffle_buf
     service worker dies mid-file); the pass repeats, and an epoch takes its steps from this stream. The order is
     not reproducible, and a resumed epoch does not skip the batches it already trained on.
     """
-    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20), cycle_length=max(1, min(len(files), 4)),
-        num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = _records(files, 1, 0, None, deterministic=False)  # one pipeline: the service's workers split the files
     ds = ds.shuffle(shuffle_buffer).map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=False)
     if augment_images:
         ds = ds.map(lambda image, label: (tf.image.random_flip_left_right(image), label), num_parallel_calls=AUTOTUNE)

@@ -177,15 +177,14 @@ MEMORY_FRACTION = 0.25  # cached features are kept in memory when they take unde
 def _in_memory(folder: str, memory: Dict[str, tuple]) -> Optional[tuple]:
     """(features, labels) tensors of one worker's cached features, read once per run; None when they would not fit."""
     if folder not in memory:
-        done = json.loads(fileio.read_bytes(fileio.join(folder, DONE)))
         ds = load(folder)
-        spec = ds.element_spec[0]
-        size = done["examples"] * int(np.prod(spec.shape)) * spec.dtype.size
+        examples, spec = int(ds.cardinality()), ds.element_spec[0]  # Dataset.save records the counts
+        size = examples * int(np.prod(spec.shape)) * spec.dtype.size
         memory[folder] = None
-        if size < MEMORY_FRACTION * data.available_memory():
+        if examples > 0 and size < MEMORY_FRACTION * data.available_memory():
             with tf.device("CPU:0"):
-                memory[folder] = next(iter(ds.batch(done["examples"])))
-            LOG.info("feature cache: %d examples (%.0f MB) kept in memory", done["examples"], size / 2**20)
+                memory[folder] = next(iter(ds.batch(examples)))
+            LOG.info("feature cache: %d examples (%.0f MB) kept in memory", examples, size / 2**20)
     return memory[folder]
 
 
