@@ -15,6 +15,9 @@ def test_mirrored_two_devices_equals_one_device(records_dir):
     assert result["replicas"] == 2
     assert result["max_weight_diff"] < 1e-5, result
     assert abs(result["losses_mirrored"][0] - result["losses_single"][0]) < 1e-5
+    # the same on features held in memory: each replica gathers its half of every global batch
+    assert result["resident_max_weight_diff"] < 1e-5, result
+    assert all(abs(a - b) < 1e-5 for a, b in zip(result["resident_losses_mirrored"], result["resident_losses_single"]))
 
 
 def test_local_cluster_stops_all_workers_when_one_fails(records_dir, tmp_path):

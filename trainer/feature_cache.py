@@ -142,27 +142,17 @@ def load(folder: str) -> tf.data.Dataset:
 
 
 def dataset_fn(path: str, global_batch: int, training: bool, buffer: int, seed: int,
-               skip_steps: int = 0, steps: int = 0, memory: Optional[Dict[str, tuple]] = None) -> Callable:
-    """A dataset_fn(input_context) over this pipeline's cached features: shuffled (seeded per epoch) and resumed at
-    `skip_steps` for training; in order, every example once, otherwise.
-
-    Training with a `memory` dict (one per run) and features that fit in memory: they are read once and kept there,
-    and each epoch is a seeded permutation gathered by index, batch by batch (`steps` steps of the global batch). No
-    shuffle buffer is refilled at each epoch: this is the path that keeps a GPU busy at head-training speed.
-    Otherwise: a shuffle buffer of `buffer` examples over the saved parts, repeated.
-    """
+               skip_steps: int = 0) -> Callable:
+    """A dataset_fn(input_context) over this pipeline's cached features read from their folder: shuffled (a buffer
+    of `buffer` examples, seeded per epoch) and resumed at `skip_steps` for training; in order, every example once,
+    otherwise. (Training on features that fit in memory takes the faster resident path: `Resident`.)"""
 
     def make(input_context=None):
         batch, pipelines, pipeline_id = global_batch, 1, 0
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(global_batch)
             pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-        folder = _worker_folder(path, pipeline_id, pipelines)
-        per_step = (global_batch // pipelines) // batch  # this pipeline's batches per global step (its replicas)
-        if training and memory is not None and steps and _in_memory(folder, memory) is not None:
-            return _permuted_batches(memory[folder], batch, (seed, pipeline_id), steps * per_step,
-                                     skip_steps * per_step)
-        ds = load(folder)
+        ds = load(_worker_folder(path, pipeline_id, pipelines))
         if training:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
             ds = ds.skip(skip_steps * (global_batch // pipelines))
@@ -174,31 +164,45 @@ def dataset_fn(path: str, global_batch: int, training: bool, buffer: int, seed: 
 MEMORY_FRACTION = 0.25  # cached features are kept in memory when they take under this share of the available memory
 
 
-def _in_memory(folder: str, memory: Dict[str, tuple]) -> Optional[tuple]:
-    """(features, labels) tensors of one worker's cached features, read once per run; None when they would not fit."""
-    if folder not in memory:
-        ds = load(folder)
-        examples, spec = int(ds.cardinality()), ds.element_spec[0]  # Dataset.save records the counts
-        size = examples * int(np.prod(spec.shape)) * spec.dtype.size
-        memory[folder] = None
-        if examples > 0 and size < MEMORY_FRACTION * data.available_memory():
-            with tf.device("CPU:0"):
-                memory[folder] = next(iter(ds.batch(examples)))
-            LOG.info("feature cache: %d examples (%.0f MB) kept in memory", examples, size / 2**20)
-    return memory[folder]
+def _in_memory(folder: str) -> Optional[tuple]:
+    """(features, labels) tensors of one worker's cached features on this host; None when they would not fit."""
+    ds = load(folder)
+    examples, spec = int(ds.cardinality()), ds.element_spec[0]  # Dataset.save records the counts
+    size = examples * int(np.prod(spec.shape)) * spec.dtype.size
+    if not 0 < size < MEMORY_FRACTION * data.available_memory():
+        return None
+    with tf.device("CPU:0"):
+        arrays = next(iter(ds.batch(examples)))
+    LOG.info("feature cache: %d examples (%.0f MB) kept in memory", examples, size / 2**20)
+    return arrays
 
 
-def _permuted_batches(arrays: tuple, batch: int, seed: tuple, num_batches: int, skip: int) -> tf.data.Dataset:
-    """num_batches batches of `batch` examples in a seeded order (one permutation after another), the first `skip`
-    left out; each batch gathered by index from the tensors in memory."""
-    features, labels = arrays
-    n = int(labels.shape[0])
-    rng = np.random.default_rng(list(seed))
-    order = np.concatenate([rng.permutation(n) for _ in range(-(-num_batches * batch // n))])
-    indices = order[:num_batches * batch].reshape(num_batches, batch)[skip:]
-    ds = tf.data.Dataset.from_tensor_slices(indices)
-    return ds.map(lambda i: (tf.gather(features, i), tf.gather(labels, i)),
-                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+class Resident:
+    """A worker's cached training features held in host memory for the whole run, and each epoch's order.
+
+    An epoch is a seeded permutation (one after another when it is longer than the data) cut into batches of
+    indices, one [steps, batch] matrix per local replica. The train loop gathers each step's batch by index
+    inside its traced call (steps.make_train_step(resident=...)): no input pipeline, no shuffle buffer to refill,
+    no iterator call per step. This is the path that keeps a GPU busy at head-training speed.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, arrays: tuple, pipeline_id: int, global_batch: int,
+                 num_workers: int):
+        self.strategy, (self.features, self.labels), self.pipeline_id = strategy, arrays, pipeline_id
+        self.replicas = strategy.num_replicas_in_sync // num_workers  # on this worker
+        self.batch = global_batch // strategy.num_replicas_in_sync
+
+    def epoch_indices(self, seed: int, steps: int):
+        """The epoch's per-replica index matrices (host tensors), distributed to this worker's replicas."""
+        n, per_step = int(self.labels.shape[0]), self.replicas * self.batch
+        rng = np.random.default_rng([seed, self.pipeline_id])
+        order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * per_step // n))])
+        # step s, replica r takes the r-th batch of the step's share, as an input pipeline would hand them out
+        matrices = order[:steps * per_step].reshape(steps, self.replicas, self.batch).transpose(1, 0, 2)
+        dist = self.strategy.distribute_datasets_from_function(
+            lambda _: tf.data.Dataset.from_tensor_slices(matrices.astype(np.int32)),
+            tf.distribute.InputOptions(experimental_fetch_to_device=False))
+        return next(iter(dist))
 
 
 class FeatureCache:
@@ -214,7 +218,7 @@ class FeatureCache:
         self.root, self.path, self.facts = root, fileio.join(root, cache_key(facts)), facts
         self.worker_index, self.num_workers = worker_index, num_workers
         self._ready: Dict[str, bool] = {}
-        self.memory: Dict[str, tuple] = {}  # features kept in memory across epochs (see dataset_fn)
+        self._resident: Dict[str, Optional[Resident]] = {}  # the train split's, decided once per run
 
     def split_path(self, split: str) -> str:
         """The split's cache folder, extracted first if any worker lacks its part (all workers call this together)."""
@@ -228,6 +232,17 @@ class FeatureCache:
                 LOG.info("feature cache: reusing the %s split's features from %s", split, path)
             self._ready[split] = True
         return path
+
+    def resident(self) -> Optional[Resident]:
+        """The training features held in memory, read once per run, when every worker's share fits (a vote, so
+        that all workers take the same path); otherwise None, and training reads them from the folder."""
+        if "train" not in self._resident:
+            folder = _worker_folder(self.split_path("train"), self.worker_index, self.num_workers)
+            arrays = _in_memory(folder)
+            fits = not self.votes.any_worker(arrays is None)
+            self._resident["train"] = Resident(self.strategy, arrays, self.worker_index, self.batch_size,
+                                               self.num_workers) if fits else None
+        return self._resident["train"]
 
     def _describe(self) -> None:
         """info.json next to the splits: what the key stands for (for `python -m trainer.cache`)."""

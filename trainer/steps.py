@@ -34,12 +34,15 @@ def _skip_step_everywhere_on_overflow(grads):
 
 
 def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimizer, global_batch: int,
-                    loss_scaling: bool, jit_compile: bool = False) -> Callable:
-    """train_loop(iterator, stop=False, num_steps=1) -> [loss, correct, stop votes], summed over `num_steps` steps
+                    loss_scaling: bool, jit_compile: bool = False, resident=None) -> Callable:
+    """train_loop(source, stop=False, num_steps=1) -> [loss, correct, stop votes], summed over `num_steps` steps
     and over all replicas and workers.
 
     The steps run inside one traced call (a tf.range loop, as Orbit's `steps_per_loop`), with the sums kept on the
     device and read once per call; pass `num_steps` as a tensor so that every loop length shares one trace.
+    `source` is a distributed iterator; with `resident` (a feature_cache.Resident: features held in memory) it is
+    `(indices, start)` instead, the epoch's per-replica index matrices and the step to start at, and each step
+    gathers its batch by index on the host that holds the features: no iterator call per step.
     `stop` is this worker's wish to stop (SIGTERM); the votes come back summed, so every worker learns of a stop
     asked anywhere at the same loop boundary. With `jit_compile`, each replica's forward and backward pass is
     compiled with XLA.
@@ -65,15 +68,29 @@ def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimize
         optimizer.apply(grads, net.trainable_variables)
         return tf.stack([loss, correct, tf.cast(stop, tf.float32)])
 
-    @tf.function
-    def train_loop(iterator, stop=False, num_steps=1):
+    def run_steps(num_steps, one_step):
         totals = tf.zeros([3], tf.float32)
-        for _ in tf.range(num_steps):
-            inputs, labels = next(iterator)
-            totals += strategy.reduce(SUM, strategy.run(step_fn, args=(inputs, labels, stop)), axis=None)
+        for step in tf.range(num_steps):
+            totals += strategy.reduce(SUM, one_step(step), axis=None)
         return totals
 
-    return train_loop
+    if resident is None:
+        @tf.function
+        def train_loop(iterator, stop=False, num_steps=1):
+            return run_steps(num_steps, lambda _: strategy.run(step_fn, args=(*next(iterator), stop)))
+        return train_loop
+
+    def gathered_step(indices, position, stop):
+        with tf.device(resident.features.device):
+            rows = tf.gather(indices, position)
+            inputs, labels = tf.gather(resident.features, rows), tf.gather(resident.labels, rows)
+        return step_fn(inputs, labels, stop)
+
+    @tf.function
+    def resident_loop(source, stop=False, num_steps=1):
+        indices, start = source
+        return run_steps(num_steps, lambda step: strategy.run(gathered_step, args=(indices, start + step, stop)))
+    return resident_loop
 
 
 def make_evaluate(strategy: tf.distribute.Strategy, net: keras.Model) -> Callable:

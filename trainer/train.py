@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -40,8 +40,10 @@ class Phase:
     net: keras.Model
     optimizer: object
     lr: float
-    dataset_fn: Callable
+    dataset_fn: Optional[Callable]  # None when the epoch trains on features held in memory
     use_cache: bool
+    resident: Optional[feature_cache.Resident] = None
+    seed: int = 0  # the epoch's order (resident features)
 
 
 def make_optimizer(lr: float, net: keras.Model, loss_scaling: bool):
@@ -178,21 +180,29 @@ class Trainer:
                          streaming, False)
         if self.features is None:
             return Phase("head", self.model, self.optimizers["optimizer"], config.lr, streaming, False)
+        head, seed, resident = model_lib.head_model(self.model), data.epoch_seed(config.seed, epoch), \
+            self.features.resident()
+        if resident is not None:
+            return Phase("head", head, self.optimizers["optimizer"], config.lr, None, True, resident, seed)
         dataset_fn = feature_cache.dataset_fn(self.features.split_path("train"), config.batch_size, True,
-                                              max(config.shuffle_buffer, 10000), data.epoch_seed(config.seed, epoch),
-                                              first_step, self.steps_per_epoch, self.features.memory)
-        return Phase("head", model_lib.head_model(self.model), self.optimizers["optimizer"], config.lr, dataset_fn,
-                     True)
+                                              max(config.shuffle_buffer, 10000), seed, first_step)
+        return Phase("head", head, self.optimizers["optimizer"], config.lr, dataset_fn, True)
 
     def _run_steps(self, epoch: int, phase: Phase) -> Tuple[float, float, int, float]:
         """Trains the rest of the epoch in traced calls of plan.length steps; returns (loss sum, correct sum, steps
         run, seconds). SIGTERM, the loss check and step checkpoints act at call boundaries."""
         config, steps = self.config, self.steps_per_epoch
-        key = (phase.name, phase.use_cache)
+        key = (phase.name, phase.use_cache, phase.resident is not None)
         if key not in self._steps:  # one traced loop per phase, not one per epoch
             self._steps[key] = make_train_step(self.strategy, phase.net, phase.optimizer, config.batch_size,
-                                               self.loss_scaling, self.jit_compile)
-        train_loop, iterator = self._steps[key], iter(self.strategy.distribute_datasets_from_function(phase.dataset_fn))
+                                               self.loss_scaling, self.jit_compile, phase.resident)
+        train_loop = self._steps[key]
+        if phase.resident is not None:  # the source is the epoch's order and the step to start from
+            indices = phase.resident.epoch_indices(phase.seed, steps)
+            source = lambda step: (indices, tf.constant(step, tf.int32))  # noqa: E731
+        else:
+            iterator = iter(self.strategy.distribute_datasets_from_function(phase.dataset_fn))
+            source = lambda step: iterator  # noqa: E731
         bar = metrics_lib.progress_bar(steps, self.is_chief)
         loss_sum = correct_sum = 0.0
         seen, start, step = 0, time.time(), int(self.state.step_in_epoch.numpy())
@@ -200,7 +210,7 @@ class Trainer:
             global_step = (epoch - 1) * steps + step
             self.profiler.before(global_step)
             n, call_start = self.loop_plan.length(step, steps, global_step), time.time()
-            loss, correct, stop = (float(t) for t in train_loop(iterator, tf.constant(self.sigterm.requested),
+            loss, correct, stop = (float(t) for t in train_loop(source(step), tf.constant(self.sigterm.requested),
                                                                  tf.constant(n, tf.int32)))
             self.loop_plan.observe(n, time.time() - call_start)
             if not math.isfinite(loss):

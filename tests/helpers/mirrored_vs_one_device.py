@@ -1,5 +1,6 @@
 """Trains 2 steps under MirroredStrategy over 2 logical CPUs and under the default strategy, from the same
-initial weights and the same global batches; prints the largest weight difference as JSON.
+initial weights and the same global batches, streaming images and on features held in memory (the resident
+path); prints the largest weight differences as JSON.
 
 Usage: python tests/helpers/mirrored_vs_one_device.py DATA_DIR
 (A separate process: the CPU must be split into logical devices before TensorFlow starts.)
@@ -18,7 +19,7 @@ tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU"
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from trainer import data, distribute, model as model_lib  # noqa: E402
+from trainer import data, distribute, feature_cache, model as model_lib  # noqa: E402
 from trainer.steps import make_train_step  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -38,6 +39,24 @@ def train(strategy, info):
     return [w.numpy() for w in net.trainable_weights], losses
 
 
+def train_resident(strategy, info):
+    """3 steps of the head on features held in memory, 2 steps in one call then 1, from step 0 of an epoch."""
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+        net = model_lib.build_model(info.image_size, "none", (16,), 0.0, "flatten", seed=1)
+        head = model_lib.head_model(net)
+        optimizer = keras.optimizers.Adam(1e-2)
+        optimizer.build(head.trainable_variables)
+    rng = np.random.default_rng(0)
+    features = tf.constant(rng.normal(size=(40, *head.input_shape[1:])).astype(np.float32))
+    labels = tf.constant(np.eye(2, dtype=np.float32)[rng.integers(0, 2, 40)])
+    resident = feature_cache.Resident(strategy, (features, labels), 0, GLOBAL_BATCH, num_workers=1)
+    indices = resident.epoch_indices(seed=7, steps=3)
+    loop = make_train_step(strategy, head, optimizer, GLOBAL_BATCH, loss_scaling=False, resident=resident)
+    losses = [float(loop((indices, tf.constant(start)), False, tf.constant(n))[0]) for start, n in ((0, 2), (2, 1))]
+    return [w.numpy() for w in head.trainable_weights], losses
+
+
 def main():
     info = data.load(sys.argv[1])
     mirrored = distribute.make_strategy("mirrored")
@@ -46,8 +65,12 @@ def main():
     weights_s, losses_s = train(single, info)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights_m, weights_s))
     moved = max(float(np.max(np.abs(a))) for a in weights_s)
+    resident_m, resident_losses_m = train_resident(mirrored, info)
+    resident_s, resident_losses_s = train_resident(single, info)
+    resident_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(resident_m, resident_s))
     print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "max_weight_diff": diff, "losses_mirrored": losses_m,
-                      "losses_single": losses_s, "max_abs_weight": moved}))
+                      "losses_single": losses_s, "max_abs_weight": moved, "resident_max_weight_diff": resident_diff,
+                      "resident_losses_mirrored": resident_losses_m, "resident_losses_single": resident_losses_s}))
 
 
 if __name__ == "__main__":
