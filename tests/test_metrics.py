@@ -36,3 +36,22 @@ def test_classification_metrics():
     assert m["attribute_slices"]["Eyeglasses"]["without"] == {"count": 3, "accuracy": round(2 / 3, 5)}
     expected_loss = -np.mean(np.log([0.9, 0.3, 0.8, 0.4, 0.9]))
     assert abs(m["loss"] - expected_loss) < 1e-4
+
+
+def test_learning_curves_are_drawn_after_the_first_and_last_epoch_and_then_at_most_every_plot_seconds(tmp_path):
+    from trainer.metrics import EpochReport
+
+    report, png, history = EpochReport(str(tmp_path), str(tmp_path / "logs")), tmp_path / "learning_curves.png", []
+    drawn = []
+    for epoch in range(1, 5):
+        history.append({"epoch": epoch, "phase": "head", "loss": 1.0 / epoch, "accuracy": 0.5, "val_loss": 1.0 / epoch,
+                        "val_accuracy": 0.5, "lr": 1e-3, "epoch_seconds": 0.1, "images_per_sec": 1.0,
+                        "feature_cache": 1})
+        png.unlink(missing_ok=True)
+        report.write(history, total_epochs=4)
+        drawn.append(png.exists())
+    assert drawn == [True, False, False, True]
+    report.PLOT_SECONDS = 0.0  # every epoch once the interval has passed
+    png.unlink()
+    report.write(history, total_epochs=9)
+    assert png.exists()
