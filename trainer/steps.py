@@ -33,20 +33,8 @@ def _skip_step_everywhere_on_overflow(grads):
     return [g + tf.cast(poison, g.dtype) for g in grads]
 
 
-def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimizer, global_batch: int,
-                    loss_scaling: bool, jit_compile: bool = False, resident=None) -> Callable:
-    """train_loop(source, stop=False, num_steps=1) -> [loss, correct, stop votes], summed over `num_steps` steps
-    and over all replicas and workers.
-
-    The steps run inside one traced call (a tf.range loop, as Orbit's `steps_per_loop`), with the sums kept on the
-    device and read once per call; pass `num_steps` as a tensor so that every loop length shares one trace.
-    `source` is a distributed iterator; with `resident` (a feature_cache.Resident: features held in memory) it is
-    `(indices, start)` instead, the epoch's per-replica index matrices and the step to start at, and each step
-    gathers its batch by index on the host that holds the features: no iterator call per step.
-    `stop` is this worker's wish to stop (SIGTERM); the votes come back summed, so every worker learns of a stop
-    asked anywhere at the same loop boundary. With `jit_compile`, each replica's forward and backward pass is
-    compiled with XLA.
-    """
+def _replica_step(net: keras.Model, optimizer, global_batch: int, loss_scaling: bool, jit_compile: bool) -> Callable:
+    """step_fn(inputs, labels, stop) -> [loss, correct, stop]: one replica's forward, backward and update."""
 
     def gradients(inputs, labels):
         with tf.GradientTape() as tape:
@@ -67,6 +55,25 @@ def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimize
             grads = _skip_step_everywhere_on_overflow(grads)
         optimizer.apply(grads, net.trainable_variables)
         return tf.stack([loss, correct, tf.cast(stop, tf.float32)])
+
+    return step_fn
+
+
+def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimizer, global_batch: int,
+                    loss_scaling: bool, jit_compile: bool = False, resident=None) -> Callable:
+    """train_loop(source, stop=False, num_steps=1) -> [loss, correct, stop votes], summed over `num_steps` steps
+    and over all replicas and workers.
+
+    The steps run inside one traced call (a tf.range loop, as Orbit's `steps_per_loop`), with the sums kept on the
+    device and read once per call; pass `num_steps` as a tensor so that every loop length shares one trace.
+    `source` is a distributed iterator; with `resident` (a feature_cache.Resident: features held in memory) it is
+    `(indices, start)` instead, the epoch's per-replica index matrices and the step to start at, and each step
+    gathers its batch by index on the host that holds the features: no iterator call per step.
+    `stop` is this worker's wish to stop (SIGTERM); the votes come back summed, so every worker learns of a stop
+    asked anywhere at the same loop boundary. With `jit_compile`, each replica's forward and backward pass is
+    compiled with XLA.
+    """
+    step_fn = _replica_step(net, optimizer, global_batch, loss_scaling, jit_compile)
 
     def run_steps(num_steps, one_step):
         totals = tf.zeros([3], tf.float32)

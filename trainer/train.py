@@ -55,6 +55,16 @@ def make_optimizer(lr: float, net: keras.Model, loss_scaling: bool):
     return optimizer
 
 
+def _epoch_source(strategy: tf.distribute.Strategy, phase: Phase, steps: int) -> Callable:
+    """source(step): what the phase's train loop reads from, for a call starting at `step` of the epoch: the
+    epoch's order and that step (resident features), or the epoch's distributed iterator."""
+    if phase.resident is not None:
+        indices = phase.resident.epoch_indices(phase.seed, steps)
+        return lambda step: (indices, tf.constant(step, tf.int32))
+    iterator = iter(strategy.distribute_datasets_from_function(phase.dataset_fn))
+    return lambda step: iterator
+
+
 def _resolve_data_service(config: TrainConfig) -> TrainConfig:
     """--data_service=vertex: the dispatcher of this Vertex AI job's data service pool."""
     if config.data_service == "vertex":
@@ -180,13 +190,12 @@ class Trainer:
                          streaming, False)
         if self.features is None:
             return Phase("head", self.model, self.optimizers["optimizer"], config.lr, streaming, False)
-        head, seed, resident = model_lib.head_model(self.model), data.epoch_seed(config.seed, epoch), \
-            self.features.resident()
-        if resident is not None:
-            return Phase("head", head, self.optimizers["optimizer"], config.lr, None, True, resident, seed)
-        dataset_fn = feature_cache.dataset_fn(self.features.split_path("train"), config.batch_size, True,
-                                              max(config.shuffle_buffer, 10000), seed, first_step)
-        return Phase("head", head, self.optimizers["optimizer"], config.lr, dataset_fn, True)
+        seed, resident = data.epoch_seed(config.seed, epoch), self.features.resident()  # in memory, or read
+        dataset_fn = None if resident else feature_cache.dataset_fn(
+            self.features.split_path("train"), config.batch_size, True, max(config.shuffle_buffer, 10000), seed,
+            first_step)
+        return Phase("head", model_lib.head_model(self.model), self.optimizers["optimizer"], config.lr, dataset_fn,
+                     True, resident, seed)
 
     def _run_steps(self, epoch: int, phase: Phase) -> Tuple[float, float, int, float]:
         """Trains the rest of the epoch in traced calls of plan.length steps; returns (loss sum, correct sum, steps
@@ -196,15 +205,8 @@ class Trainer:
         if key not in self._steps:  # one traced loop per phase, not one per epoch
             self._steps[key] = make_train_step(self.strategy, phase.net, phase.optimizer, config.batch_size,
                                                self.loss_scaling, self.jit_compile, phase.resident)
-        train_loop = self._steps[key]
-        if phase.resident is not None:  # the source is the epoch's order and the step to start from
-            indices = phase.resident.epoch_indices(phase.seed, steps)
-            source = lambda step: (indices, tf.constant(step, tf.int32))  # noqa: E731
-        else:
-            iterator = iter(self.strategy.distribute_datasets_from_function(phase.dataset_fn))
-            source = lambda step: iterator  # noqa: E731
-        bar = metrics_lib.progress_bar(steps, self.is_chief)
-        loss_sum = correct_sum = 0.0
+        train_loop, source = self._steps[key], _epoch_source(self.strategy, phase, steps)
+        bar, loss_sum, correct_sum = metrics_lib.progress_bar(steps, self.is_chief), 0.0, 0.0
         seen, start, step = 0, time.time(), int(self.state.step_in_epoch.numpy())
         while step < steps:
             global_step = (epoch - 1) * steps + step
