@@ -21,7 +21,7 @@ def test_training_through_a_local_data_service_learns_and_says_so(learn_records,
     # The same flags without the service: test accuracy 0.77, ROC AUC 0.866. Through the service (its order is not
     # seeded) four runs gave accuracy 0.59-0.79 (the threshold is not settled after 6 epochs) but ROC AUC
     # 0.854-0.872: the band is held on the ranking, and accuracy must beat the majority class.
-    assert metrics["roc_auc"] >= 0.8, metrics["roc_auc"]
+    assert metrics["roc_auc"] >= 0.75, metrics["roc_auc"]  # what does not learn scores about 0.5
     assert metrics["test_accuracy"] > majority, (metrics["test_accuracy"], majority)
     assert not subprocess.run(["pgrep", "-f", "launch.data_service --role"], capture_output=True).stdout, \
         "service processes outlived the launcher"
