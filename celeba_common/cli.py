@@ -138,12 +138,13 @@ def import_tensorflow_quietly() -> None:
 
 
 def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Callable[[], None]] = None,
-             known_only: bool = False, tensorflow: bool = False) -> None:
+             known_only: bool = False) -> None:
     """Runs `main(argv)` under absl; UserError (and flag errors) become one line on stderr and exit status 2.
 
     define_flags() defines the entry point's flags (flags live in entry points only, never at import);
-    known_only=True leaves flags this program does not define in argv (the records job hands them to Beam);
-    tensorflow=True imports TensorFlow first, quietly.
+    known_only=True leaves flags this program does not define in argv (the records job hands them to Beam).
+    An entry point that uses TensorFlow calls import_tensorflow_quietly() once its cheap checks passed, so that bad
+    flags and missing files fail in about a second, not after TensorFlow's few seconds of start-up.
     """
 
     def wrapped(argv: Sequence[str]):
@@ -151,8 +152,6 @@ def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Cal
             handler.addFilter(_LibraryInfo())
             handler.addFilter(_DropNoise())
             handler.setFormatter(_PlainFormatter())
-        if tensorflow:
-            import_tensorflow_quietly()
         try:
             result = main(argv)
         except UserError as e:

@@ -14,7 +14,7 @@ from typing import Sequence, Tuple
 from absl import flags
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, run_main
+from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
 from preprocessing import manifest as manifest_lib, schema, tfrecord
 
 FLAGS = flags.FLAGS
@@ -78,6 +78,7 @@ def main(argv: Sequence[str]) -> int:
         info = manifest["splits"][FLAGS.split]
         first = info["shards"][0]["file"]
         records = tfrecord.read_records(fileio.join(data_dir, first), FLAGS.samples)
+        import_tensorflow_quietly()  # decode_record decodes as the trainer does
         sheet = FLAGS.sheet or fileio.join(data_dir, "contact_sheet.png")
         size = manifest["image_size"]
         title = (f"{data_dir}: {FLAGS.split} split, the first {len(records)} of {info['num_examples']} images "
@@ -89,7 +90,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    run_main(main, define_flags=_define_flags, tensorflow=True)
+    run_main(main, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

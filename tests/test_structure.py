@@ -104,3 +104,17 @@ def test_help_exits_zero_for_every_cli():
                                   timeout=120)
             assert proc.returncode == 0, (module, flag, proc.stderr[-2000:])
             assert "flags:" in proc.stdout and "  --" in proc.stdout, (module, proc.stdout[-2000:])
+
+
+def test_bad_flags_and_missing_files_fail_before_tensorflow_starts(tmp_path):
+    """The cheap checks come first: these errors never wait for TensorFlow's few seconds of start-up."""
+    cases = [("trainer.main", "--lr=0"), ("trainer.main", f"--data_dir={tmp_path}/nope"),
+             ("trainer.extract_features", "--batch_size=0"), ("trainer.predict", f"--model_dir={tmp_path}", "x.jpg"),
+             ("trainer.evaluate", f"--model_dir={tmp_path}")]
+    for module, *args in cases:
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and lines[-1].startswith("error: "), (module, args, proc.stderr[-500:])
+        imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+        assert "tensorflow" not in imported and "keras" not in imported, (module, args, lines[-1])

@@ -132,3 +132,43 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+
+def check_training_splits(manifest: dict, data_dir: str, batch_size: int) -> None:
+    """UserError unless the dataset has train and validation splits and a train split of at least one batch."""
+    for split in ("train", "validation"):
+        if split not in manifest["splits"]:
+            raise UserError(f"data folder {data_dir} has no {split} split")
+    train = manifest["splits"]["train"]["num_examples"]
+    if batch_size > train:
+        raise UserError(f"--batch_size={batch_size} is larger than the train split ({train} images)")
+
+
+def check_data_folder(data_dir: str, batch_size: int) -> None:
+    """The checks of a local data folder that need no TensorFlow (manifest, _SUCCESS, splits, batch size), made
+    before it starts so that they fail in a second; data.load_for_training then verifies the shards. A remote
+    folder is checked there only (its filesystem is TensorFlow's)."""
+    if fileio.is_remote(data_dir):
+        return
+    from preprocessing.manifest import read_manifest
+
+    check_training_splits(read_manifest(data_dir), data_dir, batch_size)
+
+
+def trained_metrics(model_dir: str) -> dict:
+    """metrics.json of a trained model_dir (flags, data_dir, test metrics), or {}."""
+    import json
+
+    path = fileio.join(model_dir, "metrics.json")
+    return json.loads(fileio.read_bytes(path)) if fileio.exists(path) else {}
+
+
+def trained_model_file(model_dir: str) -> str:
+    """model_dir's model.keras; UserError when model_dir is a file or holds none."""
+    if fileio.exists(model_dir) and not fileio.isdir(model_dir):
+        raise UserError(f"--model_dir={model_dir} is a file, not a trainer.main output folder")
+    path = fileio.join(model_dir, "model.keras")
+    if not fileio.exists(path):
+        raise UserError(f"{model_dir} has no model.keras: train with python -m trainer.main --model_dir={model_dir} "
+                        f"first")
+    return path

@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
-from celeba_common.cli import UserError
 from preprocessing import manifest as manifest_lib, schema
+from trainer.config import check_training_splits
 
 LOG = logging.getLogger("trainer")
 AUTOTUNE = tf.data.AUTOTUNE
@@ -51,12 +51,7 @@ def load(data_dir: str, verify: bool = True) -> DatasetInfo:
 def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetInfo:
     """load(), plus what training needs: train and validation splits, and a train split of >= one batch."""
     info = load(data_dir, verify=verify)
-    for split in ("train", "validation"):
-        if not info.has(split):
-            raise UserError(f"data folder {data_dir} has no {split} split")
-    if batch_size > info.num_examples("train"):
-        raise UserError(f"--batch_size={batch_size} is larger than the train split "
-                        f"({info.num_examples('train')} images)")
+    check_training_splits(info.manifest, data_dir, batch_size)
     return info
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from celeba_common.cli import UserError, run_main
+from celeba_common import fileio
+from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
 from preprocessing.schema import SPLITS
-from trainer.config import DEFAULT_MODEL_DIR
+from trainer.config import DEFAULT_MODEL_DIR, trained_metrics, trained_model_file
 
 
 @dataclasses.dataclass
@@ -26,12 +27,15 @@ class EvaluateConfig:
 
 def run(config: EvaluateConfig) -> dict:
     """Evaluates model_dir's model on config.split; writes metrics_<split>.json; returns the metrics."""
-    from trainer.model import load_trained, trained_metrics
-
+    if fileio.is_remote(config.model_dir):
+        import_tensorflow_quietly()  # remote files go through TensorFlow's filesystems, as in training
     data_dir = config.data_dir or trained_metrics(config.model_dir).get("data_dir")
     if not data_dir:
         raise UserError(f"pass --data_dir: {config.model_dir} does not say which data it was trained on")
+    trained_model_file(config.model_dir)
+    import_tensorflow_quietly()
     from trainer import data
+    from trainer.model import load_trained
     from trainer.evaluation import evaluate_model, save_evaluation
 
     info = data.load(data_dir)
@@ -59,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    run_main(main, define_flags=lambda: define_flags(EvaluateConfig), tensorflow=True)
+    run_main(main, define_flags=lambda: define_flags(EvaluateConfig))
 
 
 if __name__ == "__main__":

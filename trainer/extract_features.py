@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from celeba_common.cli import UserError, run_main
+from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, check_data_folder
 
 
 def main(argv: Sequence[str]) -> int:
@@ -23,6 +23,8 @@ def main(argv: Sequence[str]) -> int:
 
     config = config_from_flags()
     config.validate()
+    check_data_folder(config.data_dir, config.batch_size)
+    import_tensorflow_quietly()
     from trainer import feature_cache
 
     if not feature_cache.wanted(config):
@@ -39,7 +41,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    run_main(main, define_flags=lambda: define_flags(TrainConfig), tensorflow=True)
+    run_main(main, define_flags=lambda: define_flags(TrainConfig))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from typing import Sequence
 
 from absl import flags
 
-from celeba_common.cli import UserError, run_main
+from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags
 from trainer import cluster
-from trainer.config import DEFAULT_MODEL_DIR, TrainConfig
+from trainer.config import DEFAULT_MODEL_DIR, TrainConfig, check_data_folder
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
@@ -33,7 +33,9 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
     config = config_from_flags()
-    config.validate()  # before TensorFlow starts: bad flags fail in a second
+    config.validate()  # before TensorFlow starts: bad flags and data folders fail in a second
+    check_data_folder(config.data_dir, config.batch_size)
+    import_tensorflow_quietly()
     from trainer import distribute
 
     distribute.split_cpu(config.num_cpu_devices)
@@ -61,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    run_main(main, define_flags=lambda: define_flags(TrainConfig), tensorflow=True)
+    run_main(main, define_flags=lambda: define_flags(TrainConfig))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ takes plain RGB images.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
@@ -15,7 +14,7 @@ import keras
 from celeba_common import fileio
 from celeba_common.cli import UserError
 from preprocessing.schema import CLASS_NAMES
-from trainer.config import POOLINGS, WEIGHTS_HELP
+from trainer.config import POOLINGS, WEIGHTS_HELP, trained_model_file
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 BACKBONE, POOL, HEAD = "vgg16", "pool", "head"
@@ -109,12 +108,7 @@ def unfreeze_from(model: keras.Model, layer_name: str) -> int:
 
 def load_trained(model_dir: str) -> keras.Model:
     """The trained model.keras of model_dir (UserError when it is missing)."""
-    if fileio.exists(model_dir) and not fileio.isdir(model_dir):
-        raise UserError(f"--model_dir={model_dir} is a file, not a trainer.main output folder")
-    path = fileio.join(model_dir, "model.keras")
-    if not fileio.exists(path):
-        raise UserError(f"{model_dir} has no model.keras: train with python -m trainer.main --model_dir={model_dir} "
-                        f"first")
+    path = trained_model_file(model_dir)
     if fileio.is_remote(path):
         import tempfile
 
@@ -128,8 +122,3 @@ def load_trained(model_dir: str) -> keras.Model:
         raise UserError(f"{fileio.join(model_dir, 'model.keras')} cannot be loaded ({type(e).__name__}: {reason}); "
                         f"retrain, or rerun trainer.main to export it again") from None
 
-
-def trained_metrics(model_dir: str) -> dict:
-    """metrics.json of a trained model_dir (flags, data_dir, test metrics), or {}."""
-    path = fileio.join(model_dir, "metrics.json")
-    return json.loads(fileio.read_bytes(path)) if fileio.exists(path) else {}

@@ -18,9 +18,9 @@ import io
 from typing import List, Optional, Sequence, Tuple
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, run_main
+from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
-from trainer.config import DEFAULT_MODEL_DIR
+from trainer.config import DEFAULT_MODEL_DIR, trained_metrics, trained_model_file
 
 
 @dataclasses.dataclass
@@ -92,7 +92,6 @@ def _transform_of(model_dir: str) -> dict:
     """The records job's transform settings the model was trained with, from the run folder itself (run.json, or
     metrics.json): never from the data folder, which may have moved since."""
     from trainer.fingerprint import read_run
-    from trainer.model import trained_metrics
 
     transform = (read_run(model_dir) or {}).get("transform") or trained_metrics(model_dir).get("transform")
     if not transform:
@@ -105,12 +104,17 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) < 2:
         raise UserError("no image files given: python -m trainer.predict --model_dir=M FILE|FOLDER|GLOB...")
     from preprocessing.schema import CLASS_NAMES
-    from trainer.model import load_trained
 
     config = from_flags(PredictConfig)
+    if any(fileio.is_remote(p) for p in (config.model_dir, *argv[1:])):
+        import_tensorflow_quietly()  # remote files go through TensorFlow's filesystems, as in training
     paths = expand(argv[1:])
     if not paths:
         raise UserError(f"no files in {', '.join(argv[1:])}")
+    trained_model_file(config.model_dir)
+    import_tensorflow_quietly()
+    from trainer.model import load_trained
+
     model = load_trained(config.model_dir)
     rows = []
     for path, (p_male, error) in zip(paths, predict_files(model, paths, _transform_of(config.model_dir),
@@ -127,7 +131,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def cli() -> None:
-    run_main(main, define_flags=lambda: define_flags(PredictConfig), tensorflow=True)
+    run_main(main, define_flags=lambda: define_flags(PredictConfig))
 
 
 if __name__ == "__main__":
