@@ -155,6 +155,24 @@ def test_many_steps_per_call_give_the_results_of_one_step_per_call(records_dir, 
             assert abs(a[key] - b[key]) <= 1e-4, (key, one, many)
 
 
+def test_a_stopped_epoch_on_resident_features_resumes_where_it_stopped(records_dir, tmp_path):
+    """A stop asked before the first call (as SIGTERM does) saves after step 1 of epoch 1; the resumed run trains
+    the rest of that epoch's order and ends each epoch with the weights of a run never stopped."""
+    import trainer.train as train_lib
+
+    settings = dict(feature_cache="on", steps_per_loop="1", dropout=0.0)
+    _, whole = _history_after(records_dir, tmp_path / "whole", **settings)
+    first = Trainer(TrainConfig(data_dir=records_dir, model_dir=str(tmp_path / "cut"), weights="none", batch_size=8,
+                                head_units=(16,), epochs=2, precision="float32", **settings))
+    first.sigterm.requested = True
+    with pytest.raises(train_lib.Preempted, match="epoch 1, step 1;"):
+        first.train()
+    resumed, cut = _history_after(records_dir, tmp_path / "cut", **settings)
+    assert resumed.features.resident() is not None  # the path under test: features held in memory
+    assert [r["val_loss"] for r in cut] == pytest.approx([r["val_loss"] for r in whole], abs=1e-6)
+    assert cut[1]["loss"] == pytest.approx(whole[1]["loss"], abs=1e-6)
+
+
 def test_xla_gives_the_loss_of_no_xla(records_dir, tmp_path):
     # dropout 0: XLA draws other random numbers than the plain kernels, so dropout masks would differ
     _, plain = _history_after(records_dir, tmp_path / "plain", jit_compile="off", dropout=0.0)
