@@ -137,6 +137,13 @@ def import_tensorflow_quietly() -> None:
                     sys.stderr.write(line)
 
 
+def import_tensorflow_for_remote(*paths: str) -> None:
+    """Imports TensorFlow quietly now when any path is remote: the trainer's processes reach gs:// through
+    TensorFlow's filesystems (fileio), so even their cheap checks of a remote path need it."""
+    if any("://" in path for path in paths):
+        import_tensorflow_quietly()
+
+
 def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Callable[[], None]] = None,
              known_only: bool = False) -> None:
     """Runs `main(argv)` under absl; UserError (and flag errors) become one line on stderr and exit status 2.

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from celeba_common import fileio
-from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
+from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
 from preprocessing.schema import SPLITS
 from trainer.config import DEFAULT_MODEL_DIR, trained_metrics, trained_model_file
@@ -27,8 +26,7 @@ class EvaluateConfig:
 
 def run(config: EvaluateConfig) -> dict:
     """Evaluates model_dir's model on config.split; writes metrics_<split>.json; returns the metrics."""
-    if fileio.is_remote(config.model_dir):
-        import_tensorflow_quietly()  # remote files go through TensorFlow's filesystems, as in training
+    import_tensorflow_for_remote(config.model_dir)
     data_dir = config.data_dir or trained_metrics(config.model_dir).get("data_dir")
     if not data_dir:
         raise UserError(f"pass --data_dir: {config.model_dir} does not say which data it was trained on")

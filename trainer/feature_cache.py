@@ -218,7 +218,8 @@ class FeatureCache:
         self.root, self.path, self.facts = root, fileio.join(root, cache_key(facts)), facts
         self.worker_index, self.num_workers = worker_index, num_workers
         self._ready: Dict[str, bool] = {}
-        self._resident: Dict[str, Optional[Resident]] = {}  # the train split's, decided once per run
+        self._resident: Optional[Resident] = None
+        self._resident_decided = False  # once per run, by a vote
 
     def split_path(self, split: str) -> str:
         """The split's cache folder, extracted first if any worker lacks its part (all workers call this together)."""
@@ -236,13 +237,13 @@ class FeatureCache:
     def resident(self) -> Optional[Resident]:
         """The training features held in memory, read once per run, when every worker's share fits (a vote, so
         that all workers take the same path); otherwise None, and training reads them from the folder."""
-        if "train" not in self._resident:
-            folder = _worker_folder(self.split_path("train"), self.worker_index, self.num_workers)
-            arrays = _in_memory(folder)
-            fits = not self.votes.any_worker(arrays is None)
-            self._resident["train"] = Resident(self.strategy, arrays, self.worker_index, self.batch_size,
-                                               self.num_workers) if fits else None
-        return self._resident["train"]
+        if not self._resident_decided:
+            arrays = _in_memory(_worker_folder(self.split_path("train"), self.worker_index, self.num_workers))
+            if not self.votes.any_worker(arrays is None):
+                self._resident = Resident(self.strategy, arrays, self.worker_index, self.batch_size,
+                                          self.num_workers)
+            self._resident_decided = True
+        return self._resident
 
     def _describe(self) -> None:
         """info.json next to the splits: what the key stands for (for `python -m trainer.cache`)."""

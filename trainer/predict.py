@@ -18,7 +18,7 @@ import io
 from typing import List, Optional, Sequence, Tuple
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
+from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
 from trainer.config import DEFAULT_MODEL_DIR, trained_metrics, trained_model_file
 
@@ -106,8 +106,7 @@ def main(argv: Sequence[str]) -> int:
     from preprocessing.schema import CLASS_NAMES
 
     config = from_flags(PredictConfig)
-    if any(fileio.is_remote(p) for p in (config.model_dir, *argv[1:])):
-        import_tensorflow_quietly()  # remote files go through TensorFlow's filesystems, as in training
+    import_tensorflow_for_remote(config.model_dir, *argv[1:])
     paths = expand(argv[1:])
     if not paths:
         raise UserError(f"no files in {', '.join(argv[1:])}")
