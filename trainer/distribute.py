@@ -70,21 +70,42 @@ def check_global_batch(strategy, batch_size: int) -> int:
     return replicas
 
 
+def local_replicas(strategy) -> int:
+    """The replicas of `strategy` on this worker (its devices; 1 for the default strategy)."""
+    try:
+        return len(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no device list
+        return 1
+
+
 class Votes:
-    """Cluster-wide yes/no questions: a traced collective that every worker must join (so also a barrier)."""
+    """Cluster-wide yes/no questions: a traced collective that every worker must join (so also a barrier).
+
+    Each worker's value enters the sum once, from its first local replica, whatever the strategy: the default and
+    one-device strategies (1 replica), MirroredStrategy (N replicas of one worker) and MultiWorkerMirroredStrategy
+    (1 or more replicas on each of several workers).
+    """
 
     def __init__(self, strategy):
         import tensorflow as tf
 
+        local = local_replicas(strategy)
+
+        def first_local_replica_only(value):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return tf.where(tf.equal(replica % local, 0), value, tf.zeros_like(value))
+
         @tf.function
         def vote(value):
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda v: v, args=(value,)), axis=None)
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(first_local_replica_only, args=(value,)),
+                                   axis=None)
 
-        self._vote, self._tf, self._replicas = vote, tf, strategy.num_replicas_in_sync
+        self._vote, self._tf = vote, tf
+        self._workers = max(1, strategy.num_replicas_in_sync // local)
 
     def mean(self, value: float) -> float:
         """The mean of `value` over all workers: the same number on every worker."""
-        return float(self._vote(self._tf.constant(float(value)))) / self._replicas
+        return float(self._vote(self._tf.constant(float(value)))) / self._workers
 
     def any_worker(self, flag: bool) -> bool:
         """Whether `flag` is true on any worker."""
@@ -105,7 +126,8 @@ def strategy_name(strategy) -> str:
 
 
 def describe(strategy) -> str:
-    return f"{strategy_name(strategy)}, {strategy.num_replicas_in_sync} replicas in sync"
+    replicas = strategy.num_replicas_in_sync
+    return f"{strategy_name(strategy)}, {replicas} replica{'s' if replicas != 1 else ''} in sync"
 
 
 def _cpu_has_bf16() -> bool:

@@ -28,6 +28,7 @@ from celeba_common import fileio
 from celeba_common.cli import UserError
 from trainer import data, distribute, model as model_lib
 from trainer.config import default_feature_cache_dir
+from trainer.steps import infer
 
 DONE = "_DONE"
 INFO = "info.json"
@@ -83,7 +84,7 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
     Every worker must call this together (the distributed iterator synchronizes them).
     """
     features = model_lib.feature_model(net)
-    forward = tf.function(lambda x, y: (features(x, training=False), y))
+    forward = tf.function(lambda x, y: (infer(features, x), y))
     seen: Dict[str, int] = {}
     source_fn = data.make_dataset_fn(info.files(split), info.image_size, batch_size, training=False)
 

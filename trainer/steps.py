@@ -33,6 +33,19 @@ def _skip_step_everywhere_on_overflow(grads):
     return [g + tf.cast(poison, g.dtype) for g in grads]
 
 
+def infer(net: keras.Model, inputs):
+    """net(inputs, training=False), also on an empty batch.
+
+    A partial last batch leaves a replica with no examples when the batches left are fewer than the replicas; some
+    kernels refuse an empty batch (TensorFlow 2.21's oneDNN convolution: "input depth must be evenly divisible by
+    filter depth"). One zero example stands in for the missing ones and its row is cut off again, so every replica
+    runs the same graph and an empty batch yields zero rows.
+    """
+    count = tf.shape(inputs)[0]
+    filler = tf.zeros(tf.concat([[tf.maximum(1 - count, 0)], tf.shape(inputs)[1:]], 0), inputs.dtype)
+    return net(tf.concat([inputs, filler], 0), training=False)[:count]
+
+
 def _replica_step(net: keras.Model, optimizer, global_batch: int, loss_scaling: bool, jit_compile: bool) -> Callable:
     """step_fn(inputs, labels, stop) -> [loss, correct, stop]: one replica's forward, backward and update."""
 
@@ -108,7 +121,7 @@ def make_evaluate(strategy: tf.distribute.Strategy, net: keras.Model) -> Callabl
     """
 
     def replica_fn(inputs, labels):
-        probs = tf.cast(net(inputs, training=False), tf.float32)
+        probs = tf.cast(infer(net, inputs), tf.float32)
         p_true = tf.clip_by_value(tf.reduce_sum(labels * probs, axis=-1), EPSILON, 1.0)
         correct = tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32)
         return tf.stack([-tf.reduce_sum(tf.math.log(p_true)), tf.reduce_sum(correct),
@@ -137,7 +150,7 @@ def gather_predictions(strategy: tf.distribute.Strategy, net: keras.Model, datas
     """probs [N, 2], labels [N], attributes [N, 40] of a split (extras dataset), gathered from every replica and
     worker onto each worker (order: by replica, not by file)."""
     def replica_fn(inputs, labels, extras):
-        return tf.cast(net(inputs, training=False), tf.float32), tf.argmax(labels, -1), extras["attributes"]
+        return tf.cast(infer(net, inputs), tf.float32), tf.argmax(labels, -1), extras["attributes"]
 
     @tf.function(reduce_retracing=True)
     def gather_step(inputs, labels, extras):
