@@ -3,14 +3,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The versions the suite last passed on (Python 3.11; other Pythons get setup.cfg's ranges). To try the newest
+# releases instead: make install CONSTRAINTS= VENV=.venv-latest, then make test VENV=.venv-latest CONSTRAINTS=,
+# and, when green, make constraints VENV=.venv-latest to record them.
+CONSTRAINTS ?= constraints.txt
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean constraints
 
-$(BIN)/.installed: setup.py setup.cfg
+$(BIN)/.installed: setup.py setup.cfg $(wildcard $(CONSTRAINTS))
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS))
 	@touch $@
 
 install: $(BIN)/.installed
@@ -29,6 +33,14 @@ bench: install
 	$(BIN)/python bench/bench_dask.py
 	$(BIN)/python bench/bench_loop.py
 	$(BIN)/python bench/bench_sweep.py
+
+constraints: install
+	@{ echo "# The versions the test suite passes on, recorded by make constraints ($$($(BIN)/python -V))."; \
+	   echo "# make install uses them on this Python; setup.cfg keeps the ranges. See the Makefile to try newer ones."; \
+	   $(BIN)/pip freeze --exclude-editable | grep -v '^-e ' | \
+	   sed "s/\$$/; python_version == \"$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')\"/"; \
+	} > constraints.txt.new && mv constraints.txt.new constraints.txt
+	@echo "wrote constraints.txt ($$(grep -vc '^#' constraints.txt) packages)"
 
 clean:
 	rm -rf data/demo runs/demo

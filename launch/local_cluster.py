@@ -145,6 +145,11 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
 def main(argv: Sequence[str]) -> int:
     config = from_flags(LocalCluster)
     args, service = list(passthrough_args(argv)), []
+    for arg in args:  # each worker has one CPU device under MultiWorkerMirroredStrategy
+        name, _, value = arg.partition("=")
+        if name == "--num_cpu_devices" and value.strip() not in ("", "0", "1"):
+            raise UserError(f"{arg}: each worker of a local cluster trains on one CPU device; drop it (or try "
+                            f"MirroredStrategy in one process: python -m trainer.main {arg})")
     if config.data_service_workers:
         from launch import data_service
 

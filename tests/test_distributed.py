@@ -136,7 +136,7 @@ def test_multi_worker_resume_after_sigkill_of_every_process(records_dir, tmp_pat
     launcher.wait()
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
-    resumed = re.findall(r"\[worker (\d)\] Resumed from epoch (\d+)", again.stdout)
+    resumed = re.findall(r"\[worker (\d)\] Resumed after epoch (\d+)", again.stdout)
     assert sorted(w for w, _ in resumed) == ["0", "1"] and len({e for _, e in resumed}) == 1, resumed
     assert int(resumed[0][1]) >= 2
     out = again.stdout
@@ -170,7 +170,7 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(records_dir, 
     assert epoch == 1 and 0 < step < 80
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
-    resumed = re.findall(r"\[worker (\d)\] Resumed from epoch 0, step (\d+)", again.stdout)
+    resumed = re.findall(r"\[worker (\d)\] Resumed at epoch 1, step (\d+)", again.stdout)
     assert sorted(resumed) == [("0", str(step)), ("1", str(step))], again.stdout[-3000:]
     sums = _checksums(again.stdout)
     assert set(sums) == {"worker-0", "worker-1"} and len(set(sums.values())) == 1, sums

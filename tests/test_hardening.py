@@ -28,7 +28,7 @@ def test_resume_with_changed_settings_is_refused_naming_the_change(records_dir, 
     assert "Traceback" not in line
     assert_one_line_error(_train(learn_records, model_dir, "--epochs=2", "--noexport"), "the records")
     again = _train(records_dir, model_dir, "--epochs=2", "--noexport")  # --epochs may change
-    assert again.returncode == 0 and "Resumed from epoch 1" in again.stdout, again.stderr[-3000:]
+    assert again.returncode == 0 and "Resumed after epoch 1" in again.stdout, again.stderr[-3000:]
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(records_dir, tmp_path):
@@ -39,7 +39,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(records_dir, t
         f.truncate(os.path.getsize(data) // 2)
     proc = _train(records_dir, model_dir, "--epochs=3", "--noexport")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ckpt-2 is unreadable" in proc.stderr and "Resumed from epoch 1" in proc.stdout
+    assert "ckpt-2 is unreadable" in proc.stderr and "Resumed after epoch 1" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 

@@ -91,6 +91,15 @@ def task_id(config: Optional[dict]) -> str:
     return f"{task.get('type', 'worker')}-{task.get('index', 0)}"
 
 
+def check_cpu_devices(num_cpu_devices: int, config: Optional[dict]) -> None:
+    """UserError for --num_cpu_devices > 1 in a cluster: MultiWorkerMirroredStrategy gives each worker one CPU device
+    (on GPUs, each worker uses all of its GPUs), so the split would be silently ignored."""
+    if num_cpu_devices > 1 and num_tasks(config) > 1:
+        raise UserError(f"--num_cpu_devices={num_cpu_devices} splits one process's CPU for MirroredStrategy; in a "
+                        f"cluster of {num_tasks(config)} tasks each worker uses one CPU device: drop the flag (or run "
+                        f"one process)")
+
+
 def ensure_tf_config(environ=None) -> Optional[dict]:
     """Makes TF_CONFIG reflect CLUSTER_SPEC when only the latter is set (so TensorFlow sees the cluster)."""
     environ = os.environ if environ is None else environ

@@ -83,6 +83,8 @@ class TrainConfig:
     verify_data: bool = option(True, "Check every shard's size and sha256 against the manifest first.")
     export: bool = option(True, "Write model.keras and export/ (SavedModel) at the end.")
     restore_best: bool = option(True, "Evaluate and export the weights of the epoch with the lowest val_loss.")
+    reevaluate: bool = option(False, "On a finished run: evaluate (and export) again. Without it, rerunning a "
+                              "finished run says so and stops.")
     steps_per_loop: str = option("auto", "Training steps per traced call, read once: N, or auto (about 1 s per "
                                  "call, the same on every worker; see trainer/loop.py).")
     jit_compile: str = option("auto", "XLA for the train step (auto: on with GPUs, off on CPUs).",

@@ -21,7 +21,9 @@ class EvaluateConfig:
     model_dir: str = option(DEFAULT_MODEL_DIR, "A trainer.main output folder.")
     data_dir: Optional[str] = option(None, "Dataset to evaluate on (default: the one the model was trained on).")
     split: str = option("test", "Split to evaluate.", choices=SPLITS)
-    batch_size: int = option(64, "Batch size.", lower_bound=1)
+    batch_size: int = option(64, "Global batch size (all replicas together).", lower_bound=1)
+    num_cpu_devices: int = option(0, "Split the CPU into N logical devices (MirroredStrategy without GPUs); with "
+                                  "GPUs, every GPU of this machine evaluates.", lower_bound=0)
 
 
 def run(config: EvaluateConfig) -> dict:
@@ -32,18 +34,23 @@ def run(config: EvaluateConfig) -> dict:
         raise UserError(f"pass --data_dir: {config.model_dir} does not say which data it was trained on")
     trained_model_file(config.model_dir)
     import_tensorflow_quietly()
-    from trainer import data
+    from trainer import data, distribute
     from trainer.model import load_trained
     from trainer.evaluation import evaluate_model, save_evaluation
 
+    distribute.split_cpu(config.num_cpu_devices)
+    strategy = distribute.make_strategy("auto")
+    distribute.check_global_batch(strategy, config.batch_size)
     info = data.load(data_dir)
     if not info.has(config.split):
         raise UserError(f"data folder {data_dir} has no {config.split} split")
-    model = load_trained(config.model_dir)
+    with strategy.scope():
+        model = load_trained(config.model_dir)
     expected = model.input_shape[1]
     if expected != info.image_size:
         raise UserError(f"the model takes {expected} px images but {data_dir} holds {info.image_size} px images")
-    result = evaluate_model(model, info, config.split, config.batch_size)
+    result = evaluate_model(model, info, config.split, config.batch_size, strategy)
+    result["replicas"] = strategy.num_replicas_in_sync
     result["data_dir"] = data_dir
     save_evaluation(result, config.model_dir, suffix=f"_{config.split}")
     return result
@@ -55,8 +62,10 @@ def main(argv: Sequence[str]) -> int:
     config = from_flags(EvaluateConfig)
     result = run(config)
     split = config.split
+    replicas = result["replicas"]
     print(f"{split} accuracy {result[f'{split}_accuracy']:.4f}  loss {result[f'{split}_loss']:.4f}  "
-          f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images from {result['data_dir']})")
+          f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images from {result['data_dir']}; "
+          f"{replicas} replica{'s' if replicas != 1 else ''})")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags
+from trainer import cluster
 from trainer.config import TrainConfig, check_data_folder
 
 
@@ -23,6 +24,7 @@ def main(argv: Sequence[str]) -> int:
 
     config = config_from_flags()
     config.validate()
+    cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())
     check_data_folder(config.data_dir, config.batch_size)
     import_tensorflow_quietly()
     from trainer import feature_cache

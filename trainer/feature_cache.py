@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from trainer import data, distribute, model as model_lib
+from trainer import data, distribute, metrics as metrics_lib, model as model_lib
 from trainer.config import default_feature_cache_dir
 from trainer.steps import infer
 
@@ -97,6 +97,8 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
     folder = _worker_folder(path, seen["pipeline"], seen["pipelines"])
     final, folder = folder, f"{folder}.tmp-{uuid.uuid4().hex[:8]}"  # renamed into place once complete
     LOG.info("feature cache: computing the backbone features of the %s split (once) into %s", split, final)
+    share = -(-info.num_examples(split) // seen["pipelines"])  # this worker's, about
+    progress = metrics_lib.Progress(f"feature cache: {split} split", share, "images", shown=seen["pipeline"] == 0)
     parts = total = pending = 0
     buffered_f: List[np.ndarray] = []
     buffered_l: List[np.ndarray] = []
@@ -105,12 +107,14 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
         buffered_f += [t.numpy() for t in strategy.experimental_local_results(outputs[0])]
         buffered_l += [t.numpy() for t in strategy.experimental_local_results(outputs[1])]
         pending = sum(len(b) for b in buffered_l)
+        progress.update(total + pending)
         if pending >= PART_EXAMPLES:
             total += _save_part(folder, parts, buffered_f, buffered_l)
             parts, buffered_f, buffered_l = parts + 1, [], []
     if sum(len(b) for b in buffered_l):
         total += _save_part(folder, parts, buffered_f, buffered_l)
         parts += 1
+    progress.done(total)
     _publish(folder, final, json.dumps({"parts": parts, "examples": total}).encode())
 
 

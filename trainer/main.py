@@ -33,7 +33,8 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
     config = config_from_flags()
-    config.validate()  # before TensorFlow starts: bad flags and data folders fail in a second
+    config.validate()
+    cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())  # before TensorFlow starts: bad flags and data folders fail in a second
     check_data_folder(config.data_dir, config.batch_size)
     import_tensorflow_quietly()
     from trainer import distribute
@@ -44,6 +45,11 @@ def main(argv: Sequence[str]) -> int:
     trainer = Trainer(config)
     try:
         trainer.train()
+        if trainer.finished_before:
+            if trainer.is_chief:
+                print(trainer.finished_message(), flush=True)
+            trainer.finish()
+            return 0
         result = trainer.evaluate_and_export()
         trainer.finish()
     except Preempted as e:

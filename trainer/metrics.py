@@ -98,8 +98,10 @@ def plot_confusion_matrix(matrix: List[List[int]], path: str, title: str = "Test
     plt.close(fig)
 
 
+# epoch_seconds: the whole epoch (feature extraction and validation included); train_seconds and
+# images_per_sec: its training steps only
 HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
-                  "images_per_sec", "feature_cache")
+                  "train_seconds", "images_per_sec", "feature_cache")
 SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_sec", "epoch_seconds")
 
 
@@ -130,6 +132,49 @@ def progress_bar(steps: int, is_chief: bool):
                                verbose=1 if is_chief and sys.stdout.isatty() else 0)
 
 
+class Progress:
+    """The progress of a long loop that has no epoch line of its own (feature extraction): Keras' Progbar on a
+    terminal; in a log, a line every LOG_SECONDS and one at the end. Silent unless `shown` (the chief)."""
+
+    LOG_SECONDS = 30.0
+
+    def __init__(self, what: str, target: int, unit: str, shown: bool):
+        import logging
+        import sys
+
+        import keras
+
+        self.what, self.target, self.unit, self.start = what, target, unit, time.monotonic()
+        self._log, self._logged = logging.getLogger("trainer") if shown else None, self.start
+        self._bar = None
+        if shown and sys.stdout.isatty():
+            self._bar, self._log = keras.utils.Progbar(target, unit_name=unit), None
+
+    def update(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(min(done, self.target))
+        elif self._log is not None and time.monotonic() - self._logged >= self.LOG_SECONDS:
+            self._logged = time.monotonic()
+            rate = done / max(self._logged - self.start, 1e-9)
+            left = max(self.target - done, 0) / max(rate, 1e-9)
+            self._log.info("%s: %d/%d %s (%.0f %s/s, about %s left)", self.what, done, self.target, self.unit, rate,
+                           self.unit, _duration(left))
+
+    def done(self, done: int) -> None:
+        seconds = time.monotonic() - self.start
+        if self._bar is not None:
+            self._bar.update(self.target, finalize=True)
+        if self._log is not None or self._bar is not None:
+            import logging
+
+            logging.getLogger("trainer").info("%s: %d %s in %s (%.0f %s/s)", self.what, done, self.unit,
+                                              _duration(seconds), done / max(seconds, 1e-9), self.unit)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 class EpochReport:
     """The chief's per-epoch outputs: the console line, history.csv, learning_curves.png and TensorBoard scalars.
 
@@ -151,7 +196,8 @@ class EpochReport:
         row = history[-1]
         print(f"epoch {row['epoch']}/{total_epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
               f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
-              f"({row['epoch_seconds']:.1f} s, {row['images_per_sec']:.0f} images/s)", flush=True)
+              f"(epoch {row['epoch_seconds']:.1f} s; training steps {row['train_seconds']:.1f} s, "
+              f"{row['images_per_sec']:.0f} images/s)", flush=True)
         write_history(self.history_path, history)
         if int(row["epoch"]) == total_epochs or time.monotonic() - self._plotted >= self.PLOT_SECONDS:
             plot_learning_curves(history, fileio.join(self.model_dir, "learning_curves.png"))

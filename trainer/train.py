@@ -23,7 +23,7 @@ from celeba_common import fileio
 from trainer import (checkpoints, cluster, data, distribute, evaluation, feature_cache, fingerprint, loop,
                      metrics as metrics_lib, model as model_lib)
 from trainer.checkpoints import Preempted  # noqa: F401  (raised by train(); main catches it from here)
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, trained_metrics
 from trainer.steps import make_train_step
 
 LOG = logging.getLogger("trainer")
@@ -44,6 +44,12 @@ class Phase:
     use_cache: bool
     resident: Optional[feature_cache.Resident] = None
     seed: int = 0  # the epoch's order (resident features)
+
+
+def resume_message(epochs_done: int, step: int, checkpoint: str) -> str:
+    """What a resume says, in the words of the stop message ("at epoch E, step S": E counts from 1)."""
+    where = f"at epoch {epochs_done + 1}, step {step}" if step else f"after epoch {epochs_done}"
+    return f"Resumed {where} ({checkpoint})"
 
 
 def make_optimizer(lr: float, net: keras.Model, loss_scaling: bool):
@@ -102,6 +108,7 @@ class Trainer:
         self.loop_plan, self.profiler = loop.plan_and_profiler(config, self.votes, tensorboard_dir, self.is_chief)
         self._steps: Dict[Tuple[str, bool], Callable] = {}
         self._memory_cache: Dict[int, tf.data.Dataset] = {}  # --cache: decoded images kept across epochs
+        self.finished_before = False  # set by train(): the run had ended, evaluated and exported already
         LOG.info("Strategy: %s", distribute.describe(self.strategy))
         LOG.info("global batch %d (%d per replica); precision %s; feature cache %s; XLA %s", config.batch_size,
                  config.batch_size // self.replicas, self.policy, "on" if self.use_feature_cache else "off",
@@ -148,7 +155,7 @@ class Trainer:
         if not latest:
             return []
         epoch, step = int(self.state.epoch.numpy()), int(self.state.step_in_epoch.numpy())
-        print(f"Resumed from epoch {epoch}" + (f", step {step}" if step else "") + f" ({latest})", flush=True)
+        print(resume_message(epoch, step, latest), flush=True)
         return [row for row in metrics_lib.read_history(self.history_path) if int(row["epoch"]) <= epoch]
 
     def train(self) -> Dict:
@@ -158,6 +165,10 @@ class Trainer:
         history = self._restore()
         config = self.config
         total = config.epochs + config.fine_tune_epochs
+        self.finished_before = (int(self.state.epoch.numpy()) >= total and not config.reevaluate and
+                                not self.votes.any_worker(not self._outputs_written()))
+        if self.finished_before:
+            return {"history": history}
         if config.cache and not data.fits_in_memory(self.num_train, self.info.image_size):
             LOG.warning("--cache: decoded images would not fit in memory; streaming from the records instead")
         while int(self.state.epoch.numpy()) < total:
@@ -177,6 +188,24 @@ class Trainer:
             LOG.info("Restored the weights of epoch %d (lowest val_loss %.4f)", int(self.state.best_epoch.numpy()),
                      float(self.state.best_val_loss.numpy()))
         return {"history": history}
+
+    def _outputs_written(self) -> bool:
+        """Whether a finished run's evaluation (and export) are in model_dir already."""
+        wanted = ["metrics.json"] + (["model.keras", "export/saved_model.pb"] if self.config.export else [])
+        return all(fileio.exists(fileio.join(self.config.model_dir, name)) for name in wanted)
+
+    def finished_message(self) -> str:
+        """What a rerun of a finished run says instead of evaluating and exporting it again."""
+        config, split = self.config, "test" if self.info.has("test") else "validation"
+        total = config.epochs + config.fine_tune_epochs
+        try:
+            metrics = trained_metrics(config.model_dir)
+        except ValueError:  # damaged metrics.json: the message does without the score
+            metrics = {}
+        score = (f", {split} accuracy {metrics[f'{split}_accuracy']:.4f}" if f"{split}_accuracy" in metrics else "")
+        return (f"{config.model_dir} holds a finished run ({total} epoch{'s' if total != 1 else ''}{score}); nothing "
+                f"to do. Pass a larger --epochs to train on, --reevaluate to evaluate and export again, or --fresh "
+                f"to start over")
 
     def _phase(self, epoch: int, first_step: int) -> Phase:
         """What epoch `epoch` trains, its data in that epoch's own order, resumed after `first_step` steps."""
@@ -240,7 +269,7 @@ class Trainer:
         history.append({"epoch": epoch, "phase": phase.name, "loss": round(loss_sum / max(seen, 1), 6),
                         "accuracy": round(correct_sum / max(images, 1), 6), "val_loss": round(val_loss, 6),
                         "val_accuracy": round(val_accuracy, 6), "lr": phase.lr,
-                        "epoch_seconds": round(time.time() - start, 3),
+                        "epoch_seconds": round(time.time() - start, 3), "train_seconds": round(train_seconds, 3),
                         "images_per_sec": round(images / max(train_seconds, 1e-9), 1),
                         "feature_cache": int(phase.use_cache)})
         if self.report is not None:
