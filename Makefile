@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python bench/bench_records.py
 	$(BIN)/python bench/bench_input.py
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_devices.py
 	$(BIN)/python bench/bench_multiworker.py
 	$(BIN)/python bench/bench_dask.py
 	$(BIN)/python bench/bench_loop.py

@@ -18,6 +18,12 @@ def test_mirrored_two_devices_equals_one_device(records_dir):
     # the same on features held in memory: each replica gathers its half of every global batch
     assert result["resident_max_weight_diff"] < 1e-5, result
     assert all(abs(a - b) < 1e-5 for a, b in zip(result["resident_losses_mirrored"], result["resident_losses_single"]))
+    # and on cached features read back from their folder (too many to hold in memory): extracted on 2 replicas,
+    # the same rows in the same order as on one device, then the same head steps
+    streamed = json.loads(proc.stdout.strip().splitlines()[-2])
+    assert streamed["features_rows"] == [120, 120] and streamed["features_max_diff"] < 1e-5, streamed
+    assert streamed["streamed_max_weight_diff"] < 1e-5, streamed
+    assert abs(streamed["streamed_losses_mirrored"][0] - streamed["streamed_losses_single"][0]) < 1e-5
 
 
 def test_local_cluster_stops_all_workers_when_one_fails(records_dir, tmp_path):

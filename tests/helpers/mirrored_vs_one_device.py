@@ -1,13 +1,15 @@
 """Trains 2 steps under MirroredStrategy over 2 logical CPUs and under the default strategy, from the same
-initial weights and the same global batches, streaming images and on features held in memory (the resident
-path); prints the largest weight differences as JSON.
+initial weights and the same global batches, streaming images, on features held in memory (the resident path) and
+on features read back from the cache folder (the streamed path); prints the largest weight differences as JSON.
 
 Usage: python tests/helpers/mirrored_vs_one_device.py DATA_DIR
 (A separate process: the CPU must be split into logical devices before TensorFlow starts.)
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -57,6 +59,25 @@ def train_resident(strategy, info):
     return [w.numpy() for w in head.trainable_weights], losses
 
 
+def train_streamed_features(strategy, info, path):
+    """The backbone's features of the train split extracted into `path` under `strategy`, then 2 steps of the head
+    on them read back through the feature cache's input pipeline (the path taken when they do not fit in memory),
+    starting at step 1 of the epoch as a resume would."""
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+        net = model_lib.build_model(info.image_size, "none", (16,), 0.0, "flatten", seed=1)
+        head = model_lib.head_model(net)
+        optimizer = keras.optimizers.Adam(1e-2)
+        optimizer.build(head.trainable_variables)
+    feature_cache.extract(strategy, net, info, "train", path, 12)  # 120 = 10 x 12: [6, 6] per step on 2 replicas
+    dataset_fn = feature_cache.dataset_fn(path, GLOBAL_BATCH, True, buffer=64, seed=5, skip_steps=1)
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    loop = make_train_step(strategy, head, optimizer, GLOBAL_BATCH, loss_scaling=False)
+    losses = [float(loop(iterator, False, tf.constant(2))[0])]
+    features = np.stack([f for f, _ in feature_cache.load(f"{path}/worker-0-of-1").as_numpy_iterator()])
+    return [w.numpy() for w in head.trainable_weights], losses, features
+
+
 def main():
     info = data.load(sys.argv[1])
     mirrored = distribute.make_strategy("mirrored")
@@ -68,6 +89,15 @@ def main():
     resident_m, resident_losses_m = train_resident(mirrored, info)
     resident_s, resident_losses_s = train_resident(single, info)
     resident_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(resident_m, resident_s))
+    work = tempfile.mkdtemp()
+    streamed_m, streamed_losses_m, features_m = train_streamed_features(mirrored, info, f"{work}/mirrored")
+    streamed_s, streamed_losses_s, features_s = train_streamed_features(single, info, f"{work}/single")
+    shutil.rmtree(work)
+    streamed_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(streamed_m, streamed_s))
+    print(json.dumps({"streamed_max_weight_diff": streamed_diff, "streamed_losses_mirrored": streamed_losses_m,
+                      "streamed_losses_single": streamed_losses_s, "features_max_diff":
+                      float(np.max(np.abs(features_m - features_s))), "features_rows": [len(features_m),
+                                                                                          len(features_s)]}))
     print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "max_weight_diff": diff, "losses_mirrored": losses_m,
                       "losses_single": losses_s, "max_abs_weight": moved, "resident_max_weight_diff": resident_diff,
                       "resident_losses_mirrored": resident_losses_m, "resident_losses_single": resident_losses_s}))
