@@ -106,6 +106,20 @@ def trained_run(learn_records, tmp_path_factory):
     return model_dir, proc
 
 
+def wait_for_checkpoint(model_dir: str, proc, timeout: float = 240) -> bool:
+    """Waits until a trainer (`proc`, running) has written its first checkpoint into model_dir; False if it ended or
+    timed out first."""
+    import time
+
+    index = os.path.join(model_dir, "checkpoints", "checkpoint")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(index):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     import socket

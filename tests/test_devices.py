@@ -14,12 +14,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, wait_for_checkpoint
 
 EXACT = ["--weights=none", "--batch_size=12", "--head_units=8", "--dropout=0", "--precision=float32", "--seed=3"]
 TOLERANCE = 1e-4
@@ -119,16 +118,6 @@ def test_the_default_path_on_2_and_3_devices_equals_one_device(records_dir, tmp_
     assert os.path.getmtime(os.path.join(runs[3], "metrics.json")) > before
 
 
-def _checkpoint_written(model_dir, proc, timeout=240):
-    index = os.path.join(model_dir, "checkpoints", "checkpoint")
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(index):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_streaming_on_2_devices_stopped_by_sigterm_resumes_to_one_devices_figures(records_dir, tmp_path):
     """Streaming images with --cache (no feature cache), a checkpoint every 5 steps; SIGTERM mid-epoch, the rerun
     continues the same epoch at the same step, and the run ends with the figures of an unbroken one-device run."""
@@ -143,7 +132,7 @@ def test_streaming_on_2_devices_stopped_by_sigterm_resumes_to_one_devices_figure
            "--num_cpu_devices=2", *EXACT, *flags]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     running = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert _checkpoint_written(model_dir, running), running.communicate()[1][-3000:]
+    assert wait_for_checkpoint(model_dir, running), running.communicate()[1][-3000:]
     running.send_signal(signal.SIGTERM)
     out, err = running.communicate(timeout=120)
     assert running.returncode == 143, err[-3000:]

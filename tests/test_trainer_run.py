@@ -7,13 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, wait_for_checkpoint
 
 
 def _history(model_dir):
@@ -108,22 +107,12 @@ def _train_cmd(data_dir, model_dir, *extra):
             "--noexport", *extra]
 
 
-def _wait_for_checkpoint(model_dir, proc, timeout=240):
-    index = os.path.join(model_dir, "checkpoints", "checkpoint")
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(index):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_resume_after_sigkill(records_dir, tmp_path):
     model_dir = str(tmp_path / "m")
     cmd = _train_cmd(records_dir, model_dir, "--epochs=4")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert _wait_for_checkpoint(model_dir, proc), proc.communicate()[1][-2000:]
+    assert wait_for_checkpoint(model_dir, proc), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(_history(model_dir)) if os.path.exists(os.path.join(model_dir, "history.csv")) else 0
@@ -145,7 +134,7 @@ def test_sigterm_saves_and_exits_cleanly(records_dir, tmp_path):
     cmd = _train_cmd(records_dir, model_dir, "--epochs=50")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert _wait_for_checkpoint(model_dir, proc)
+    assert wait_for_checkpoint(model_dir, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]

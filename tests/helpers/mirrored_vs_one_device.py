@@ -41,14 +41,20 @@ def train(strategy, info):
     return [w.numpy() for w in net.trainable_weights], losses
 
 
-def train_resident(strategy, info):
-    """3 steps of the head on features held in memory, 2 steps in one call then 1, from step 0 of an epoch."""
+def _net_head_optimizer(strategy, info):
+    """The seeded model, its head, and an Adam built for the head, under `strategy`."""
     keras.utils.set_random_seed(1)
     with strategy.scope():
         net = model_lib.build_model(info.image_size, "none", (16,), 0.0, "flatten", seed=1)
         head = model_lib.head_model(net)
         optimizer = keras.optimizers.Adam(1e-2)
         optimizer.build(head.trainable_variables)
+    return net, head, optimizer
+
+
+def train_resident(strategy, info):
+    """3 steps of the head on features held in memory, 2 steps in one call then 1, from step 0 of an epoch."""
+    _, head, optimizer = _net_head_optimizer(strategy, info)
     rng = np.random.default_rng(0)
     features = tf.constant(rng.normal(size=(40, *head.input_shape[1:])).astype(np.float32))
     labels = tf.constant(np.eye(2, dtype=np.float32)[rng.integers(0, 2, 40)])
@@ -63,12 +69,7 @@ def train_streamed_features(strategy, info, path):
     """The backbone's features of the train split extracted into `path` under `strategy`, then 2 steps of the head
     on them read back through the feature cache's input pipeline (the path taken when they do not fit in memory),
     starting at step 1 of the epoch as a resume would."""
-    keras.utils.set_random_seed(1)
-    with strategy.scope():
-        net = model_lib.build_model(info.image_size, "none", (16,), 0.0, "flatten", seed=1)
-        head = model_lib.head_model(net)
-        optimizer = keras.optimizers.Adam(1e-2)
-        optimizer.build(head.trainable_variables)
+    net, head, optimizer = _net_head_optimizer(strategy, info)
     feature_cache.extract(strategy, net, info, "train", path, 12)  # 120 = 10 x 12: [6, 6] per step on 2 replicas
     dataset_fn = feature_cache.dataset_fn(path, GLOBAL_BATCH, True, buffer=64, seed=5, skip_steps=1)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
