@@ -55,10 +55,13 @@ def default_num_shards(total_bytes: int) -> int:
 def code_version() -> str:
     from importlib import metadata
 
-    try:
-        version = metadata.version("celeba-tfrecords")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
+    version = "unknown"
+    for distribution in ("celeba-tfrecords", "celeba-records-worker"):  # the full install, or Dataflow's workers'
+        try:
+            version = metadata.version(distribution)
+            break
+        except metadata.PackageNotFoundError:
+            pass
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip()

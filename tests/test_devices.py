@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import ROOT, assert_one_line_error, run_cli, wait_for_checkpoint
 
@@ -65,12 +64,12 @@ def _features(cache_dir, split):
     return np.stack(features), np.stack(labels)
 
 
-def test_the_default_path_on_2_and_3_devices_equals_one_device(records_dir, tmp_path):
+def test_the_default_path_on_3_devices_equals_one_device(records_dir, tmp_path):
     """Feature extraction, the head on resident features, a fine-tune epoch streaming images, validation, test,
     export; --steps_per_loop auto and N. Then trainer.evaluate and trainer.extract_features on 3 devices."""
     flags = ["--epochs=2", "--fine_tune_epochs=1", "--fine_tune_from=block5_conv1"]
     runs = {}
-    for devices, loop in ((1, "auto"), (2, "auto"), (3, "4")):
+    for devices, loop in ((1, "auto"), (3, "4")):  # 2 devices: the streaming test below
         model_dir = str(tmp_path / f"d{devices}")
         proc = _train(records_dir, model_dir, devices, *flags, f"--steps_per_loop={loop}")
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -80,10 +79,8 @@ def test_the_default_path_on_2_and_3_devices_equals_one_device(records_dir, tmp_
         assert _metrics(model_dir)["replicas"] == devices
         assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
         runs[devices] = model_dir
-    for devices in (2, 3):
-        _assert_same_figures(runs[1], runs[devices])
-        assert all(abs(float(a["loss"]) - float(b["loss"])) <= TOLERANCE
-                   for a, b in zip(_history(runs[1]), _history(runs[devices])))
+    _assert_same_figures(runs[1], runs[3])
+    assert all(abs(float(a["loss"]) - float(b["loss"])) <= TOLERANCE for a, b in zip(_history(runs[1]), _history(runs[3])))
     np.testing.assert_allclose(_features(f"{runs[1]}-features", "validation")[0],
                                _features(f"{runs[3]}-features", "validation")[0], atol=1e-5)
 
@@ -159,8 +156,7 @@ def test_num_cpu_devices_is_refused_in_a_cluster(records_dir, tmp_path):
     assert_one_line_error(proc, "--num_cpu_devices=2", "cluster of 2 tasks")
 
 
-@pytest.mark.parametrize("devices", [2, 3])
-def test_votes_and_barriers_on_n_devices(devices):
+def test_votes_and_barriers_on_n_devices(devices=3):
     """Votes count each worker once whatever its replica count (MirroredStrategy returned the plain input before)."""
     code = (f"from trainer import distribute; distribute.split_cpu({devices}); "
             "s = distribute.make_strategy('mirrored'); v = distribute.Votes(s); v.barrier(); "

@@ -56,13 +56,13 @@ def test_dataflow_dry_run_composes_build_records():
                      "--runner=DataflowRunner", "--project=proj", "--region=us-east1", "--temp_location=gs://b/tmp",
                      "--machine_type=n2-standard-4", "--max_num_workers=16"):
         assert expected in command
-    setup = [a for a in command if a.startswith("--setup_file=")][0].split("=", 1)[1]
-    assert os.path.isabs(setup) and os.path.exists(setup) and setup.endswith("setup.py")
+    package = [a for a in command if a.startswith("--extra_package=")][0].split("=", 1)[1]
+    assert os.path.isabs(package) and os.path.exists(package) and package.endswith(".whl")
     # every Beam option it adds is one build_records hands to Beam rather than rejecting
     from preprocessing.pipeline import check_beam_args
 
     check_beam_args([a for a in command if a.startswith(("--runner", "--project", "--region", "--temp_location",
-                                                           "--setup_file", "--machine_type", "--max_num_workers"))])
+                                                           "--extra_package", "--machine_type", "--max_num_workers"))])
 
 
 def test_dataflow_bad_input():
