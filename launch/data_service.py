@@ -16,7 +16,6 @@ the launcher.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import socket
@@ -58,16 +57,17 @@ def serve(role: str, port: int, dispatcher: str = "") -> None:
     if role == "vertex":
         from trainer import cluster
 
-        index = json.loads(os.environ.get("CLUSTER_SPEC") or "{}").get("task", {}).get("index", 0)
+        index, host = cluster.vertex_data_service_replica()
         dispatcher = cluster.vertex_data_service().split("://", 1)[1]
         if index == 0:
             keep = service.DispatchServer(service.DispatcherConfig(port=cluster.DATA_SERVICE_PORT))  # noqa: F841
         role, port = "worker", 0
-    if role == "dispatcher":
-        server = service.DispatchServer(service.DispatcherConfig(port=port))
     else:
         local = dispatcher.split(":")[0] in ("127.0.0.1", "localhost")
-        host = "localhost" if local else socket.getfqdn()  # the address the trainers reach this worker at
+        host = "localhost" if local else socket.getfqdn()
+    if role == "dispatcher":
+        server = service.DispatchServer(service.DispatcherConfig(port=port))
+    else:  # it advertises the address the trainers reach it at: on Vertex AI, its own host in CLUSTER_SPEC
         server = service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher, port=port,
                                                            worker_address=f"{host}:%port%"))
     print(f"tf.data service {role} serving on port {port or 'any'}", flush=True)

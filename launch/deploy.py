@@ -24,7 +24,8 @@ SERVING_IMAGES = {"cpu": "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:la
 @dataclasses.dataclass
 class VertexDeploy:
     deploy: bool = option(False, "Deploy --model_uri to an endpoint instead of submitting a training job.")
-    model_uri: Optional[str] = option(None, "gs:// folder of the SavedModel: a trainer.main --model_dir's export/.")
+    model_uri: Optional[str] = option(None, "gs:// folder of the SavedModel: a trainer.main --model_dir's export/ "
+                                      "(default with --base_output_dir: the training job's <it>/model/export).")
     model_display_name: str = option("celeba-gender-vgg16", "Display name of the Vertex AI Model and endpoint.")
     serving_machine_type: str = option("n1-standard-4", "Machine type of the endpoint's replicas.")
     serving_accelerator_type: Optional[str] = option(None, "GPU of each endpoint replica, e.g. NVIDIA_TESLA_T4.")
@@ -36,7 +37,7 @@ class VertexDeploy:
     def validate(self) -> None:
         if not self.model_uri or not self.model_uri.startswith("gs://"):
             raise UserError(f"--model_uri={self.model_uri}: --deploy needs the gs:// folder of the SavedModel "
-                            f"(MODEL_DIR/export of a run on gs://)")
+                            f"(MODEL_DIR/export of a run on gs://), or the training job's --base_output_dir")
         if bool(self.serving_accelerator_type) != bool(self.serving_accelerator_count):
             raise UserError("--serving_accelerator_type and --serving_accelerator_count go together")
         if self.max_replicas < self.min_replicas:

@@ -138,14 +138,17 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
     With cached features, the backbone runs once first: locally here, on Vertex as its own GPU job, after which
     the cells (submitted by a rerun of the command, or at once in a dry run) need no GPU."""
     rows = []
+    dry_run = bool(vertex and vertex.dry_run)  # prints the jobs; reads and writes no storage
     jobs_path = fileio.join(output_dir, "vertex_jobs.json")
-    jobs = json.loads(fileio.read_bytes(jobs_path)) if vertex and fileio.exists(jobs_path) else {}
-    unfinished = [1 for lr in lrs for bs in batch_sizes
-                  if not fileio.exists(fileio.join(output_dir, cell_name(lr, bs), "metrics.json"))]
+    jobs = json.loads(fileio.read_bytes(jobs_path)) if vertex and not dry_run and fileio.exists(jobs_path) else {}
+    finished = lambda model_dir: not dry_run and fileio.exists(fileio.join(model_dir, "metrics.json"))  # noqa: E731
+    unfinished = [1 for lr in lrs for bs in batch_sizes if not finished(fileio.join(output_dir, cell_name(lr, bs)))]
     if unfinished and shares_features(trainer_args) and not vertex:
         _extract_once(lrs, batch_sizes, output_dir, trainer_args)
     if unfinished and shares_features(trainer_args) and vertex:
-        extraction = _submit_extraction(vertex, trainer_args, jobs)
+        extraction = _submit_extraction(
+            dataclasses.replace(vertex, base_output_dir=fileio.join(output_dir, "extract_features")), trainer_args,
+            jobs)
         if extraction and extraction != "dry run":
             fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
             print(f"[sweep] extracting the features once ({extraction}); rerun this command when it has finished "
@@ -159,11 +162,12 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
             name = cell_name(lr, bs)
             model_dir = fileio.join(output_dir, name)
             row = {"lr": lr, "batch_size": bs, "model_dir": model_dir, "status": "finished"}
-            finished = fileio.exists(fileio.join(model_dir, "metrics.json"))
+            done = finished(model_dir)
             args = cell_args(lr, bs, epochs, model_dir, trainer_args)
-            if not finished and vertex:
-                if name not in jobs:
-                    submitted = vertex_lib.launch(vertex, args, display_name=f"sweep-{name}".replace(".", "-"))
+            if not done and vertex:
+                if name not in jobs:  # each cell its own base_output_dir: its own AIP_CHECKPOINT_DIR and logs
+                    submitted = vertex_lib.launch(dataclasses.replace(vertex, base_output_dir=model_dir), args,
+                                                  display_name=f"sweep-{name}".replace(".", "-"))
                     if not submitted:  # --dry_run: printed, not sent
                         row["status"] = "dry run"
                         rows.append(row)
@@ -171,7 +175,7 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
                     jobs[name] = submitted
                     fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
                 row["status"] = f"submitted {jobs[name]}"
-            elif not finished:
+            elif not done:
                 print(f"[sweep] {name}: training ({epochs} epochs)", flush=True)
                 code, reason = _run_local(args, fileio.join(output_dir, f"{name}.log"))
                 if code != 0:
@@ -179,11 +183,14 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
                     print(f"[sweep] {name}: FAILED: {reason}", flush=True)
             else:
                 print(f"[sweep] {name}: already finished, not rerun", flush=True)
-            history = read_history(fileio.join(model_dir, "history.csv"))
-            if history and row["status"] == "finished":
+            history = read_history(fileio.join(model_dir, "history.csv")) if row["status"] == "finished" else []
+            if history:
                 row.update(summarize_history(history, converged_epochs))
             rows.append(row)
-    write_summary(rows, output_dir, trainer_args, epochs)
+    if dry_run:
+        print(f"[sweep] dry run: {len(rows)} cell jobs printed; nothing was read from or written to {output_dir}")
+    else:
+        write_summary(rows, output_dir, trainer_args, epochs)
     return rows
 
 
@@ -270,10 +277,13 @@ def main(argv: Sequence[str]) -> int:
     config = from_flags(SweepConfig)
     lrs, batch_sizes = parse_grid(config.lrs, config.batch_sizes)
     vertex = from_flags(vertex_lib.VertexJob) if config.vertex else None
-    if vertex and not vertex.dry_run and not config.output_dir.startswith("gs://"):
-        raise UserError(f"--output_dir={config.output_dir}: Vertex AI jobs need a gs:// output folder")
+    if vertex and not config.output_dir.startswith("gs://"):
+        raise UserError(f"--output_dir={config.output_dir}: Vertex AI jobs need a gs:// output folder (each cell's "
+                        f"base_output_dir is its folder there)")
     rows = run_sweep(lrs, batch_sizes, config.epochs, config.output_dir, args, config.converged_epochs, vertex,
                      config.cell_machine_type)
+    if vertex and vertex.dry_run:
+        return 0
     failed = [r for r in rows if r["status"].startswith("failed")]
     print(f"[sweep] {len(rows) - len(failed)} of {len(rows)} cells ok; summary in "
           f"{fileio.join(config.output_dir, 'summary.md')}")
@@ -282,7 +292,8 @@ def main(argv: Sequence[str]) -> int:
 
 def _define_flags() -> None:
     define_flags(SweepConfig)
-    define_flags(vertex_lib.VertexJob, skip=("display_name",))  # for --vertex; each cell names its own job
+    # for --vertex; each cell names its own job and has its own base_output_dir (its folder under --output_dir)
+    define_flags(vertex_lib.VertexJob, skip=("display_name", "base_output_dir"))
 
 
 def cli() -> None:

@@ -40,7 +40,7 @@ def test_vertex_dry_run_adds_a_cpu_pool_for_the_data_service():
     from trainer import cluster
 
     job = build_job(VertexJob(project="p", image_uri="img", accelerator_type="NVIDIA_L4", accelerator_count=1,
-                              replica_count=2, data_service_workers=4),
+                              replica_count=2, data_service_workers=4, base_output_dir="gs://b/r"),
                     ["--data_dir=gs://b/d", "--batch_size=64"])
     pools = job["jobSpec"]["workerPoolSpecs"]
     assert len(pools) == 4 and pools[2] == {}
@@ -51,3 +51,6 @@ def test_vertex_dry_run_adds_a_cpu_pool_for_the_data_service():
             "task": {"type": "workerpool1", "index": 0}}
     assert cluster.vertex_data_service({"CLUSTER_SPEC": json.dumps(spec)}) == "grpc://d0:5050"
     assert cluster.cluster_spec_to_tf_config(spec)["cluster"] == {"chief": ["c:2222"], "worker": ["w:2222"]}
+    # each data service replica advertises its own CLUSTER_SPEC host (the names that resolve between replicas)
+    replica = {**spec, "task": {"type": "workerpool3", "index": 1}}
+    assert cluster.vertex_data_service_replica({"CLUSTER_SPEC": json.dumps(replica)}) == (1, "d1")

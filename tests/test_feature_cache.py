@@ -44,6 +44,12 @@ def test_runs_share_the_cache_and_list_and_clear_it(records_dir, tmp_path):
     assert cleared.returncode == 0 and sorted(os.listdir(cache)) == keys[1:]
     assert_one_line_error(run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}", "--clear=nope"),
                           "--clear=nope")
+    # a folder that is not a cache entry (--feature_cache_dir pointed at a folder of the user's) is never touched
+    (cache / "my-photos").mkdir()
+    (cache / "my-photos" / "a.jpg").write_bytes(b"jpeg")
+    cleared = run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}", "--clear=all")
+    assert cleared.returncode == 0 and "removed 1 entry (" in cleared.stdout, cleared.stdout
+    assert sorted(os.listdir(cache)) == ["my-photos"] and (cache / "my-photos" / "a.jpg").read_bytes() == b"jpeg"
 
 
 class Interrupted(Exception):

@@ -29,10 +29,55 @@ def test_vertex_dry_run_two_machines():
 
 
 def test_vertex_dry_run_one_machine_three_workers():
-    one = json.loads(run_cli(*VERTEX, "--dry_run", "--", "--data_dir=gs://b/r").stdout)
-    assert len(one["jobSpec"]["workerPoolSpecs"]) == 1 and "baseOutputDirectory" not in one["jobSpec"]
-    four = json.loads(run_cli(*VERTEX, "--replica_count=4", "--dry_run", "--", "--data_dir=gs://b/r").stdout)
+    one = json.loads(run_cli(*VERTEX, "--base_output_dir=gs://b/o", "--dry_run", "--", "--data_dir=gs://b/r").stdout)
+    assert len(one["jobSpec"]["workerPoolSpecs"]) == 1 and "scheduling" not in one["jobSpec"]
+    four = json.loads(run_cli(*VERTEX, "--base_output_dir=gs://b/o", "--replica_count=4", "--dry_run", "--",
+                              "--data_dir=gs://b/r").stdout)
     assert [p["replicaCount"] for p in four["jobSpec"]["workerPoolSpecs"]] == [1, 3]
+
+
+def test_vertex_requests_that_google_cloud_accepts():
+    base = ["-m", "launch.vertex", "--project=p", "--image_uri=i", "--base_output_dir=gs://b/o", "--dry_run"]
+    machine = lambda *flags: json.loads(run_cli(*base, *flags, "--", "--data_dir=gs://b/r").stdout)[  # noqa: E731
+        "jobSpec"]["workerPoolSpecs"][0]["machineSpec"]
+    # only the GPU given: the machine that carries it
+    assert machine("--accelerator_type=NVIDIA_L4", "--accelerator_count=1") == {
+        "machineType": "g2-standard-4", "acceleratorType": "NVIDIA_L4", "acceleratorCount": 1}
+    assert machine("--accelerator_type=NVIDIA_A100_80GB", "--accelerator_count=8")["machineType"] == "a2-ultragpu-8g"
+    assert machine("--accelerator_type=NVIDIA_TESLA_A100", "--accelerator_count=4")["machineType"] == "a2-highgpu-4g"
+    assert machine("--accelerator_type=NVIDIA_TESLA_T4", "--accelerator_count=2")["machineType"] == "n1-standard-8"
+    # a fixed family's machine alone implies its GPUs
+    assert machine("--machine_type=a3-highgpu-8g") == {"machineType": "a3-highgpu-8g",
+                                                        "acceleratorType": "NVIDIA_H100_80GB", "acceleratorCount": 8}
+    assert machine() == {"machineType": "n1-standard-8"}
+    for flags, needles in [
+            (["--machine_type=n1-standard-8", "--accelerator_type=NVIDIA_L4", "--accelerator_count=1"],
+             ["--machine_type=n1-standard-8", "NVIDIA_L4", "g2-standard-4"]),
+            (["--machine_type=a2-highgpu-8g", "--accelerator_type=NVIDIA_H100_80GB", "--accelerator_count=8"],
+             ["a2-highgpu-8g", "8 x NVIDIA_TESLA_A100"]),
+            (["--accelerator_type=NVIDIA_H100_80GB", "--accelerator_count=3"], ["--accelerator_count=3", "1, 2, 4, 8"]),
+            (["--accelerator_type=NVIDIA_TESLA_T4", "--accelerator_count=8"], ["--accelerator_count=8", "N1"]),
+            (["--accelerator_type=NVIDIA_K80", "--accelerator_count=1"], ["--accelerator_type=NVIDIA_K80"])]:
+        assert_one_line_error(run_cli(*base, *flags, "--", "--data_dir=gs://b/r"), *needles)
+    # scheduling, labels, service account: in the spec, and in the gcloud command
+    proc = run_cli(*base, "--spot", "--restart_job_on_worker_restart", "--timeout=36h", "--labels=team=vision,run=a",
+                   "--service_account=sa@p.iam.gserviceaccount.com", "--display_name=j", "--", "--data_dir=gs://b/r")
+    job = json.loads(proc.stdout)
+    assert job["jobSpec"]["scheduling"] == {"strategy": "SPOT", "restartJobOnWorkerRestart": True,
+                                           "timeout": "129600s"}
+    assert job["labels"] == {"team": "vision", "run": "a"}
+    assert job["jobSpec"]["serviceAccount"] == "sa@p.iam.gserviceaccount.com"
+    assert "--config=job_spec.json --labels=team=vision,run=a" in proc.stderr
+    assert_one_line_error(run_cli(*base, "--timeout=soon", "--", "--data_dir=gs://b/r"), "--timeout=soon")
+    assert_one_line_error(run_cli(*base, "--labels=Team=x", "--", "--data_dir=gs://b/r"), "--labels=Team=x")
+    # the base output folder is required up front, dry run or not (the SDK stages the job there)
+    assert_one_line_error(run_cli(*VERTEX, "--dry_run", "--", "--data_dir=gs://b/r"), "--base_output_dir")
+    assert_one_line_error(run_cli(*VERTEX, "--", "--data_dir=gs://b/r"), "--base_output_dir")
+    # a data service pool leaves pools 1 and 2 empty: gcloud's --config refuses those, so the REST call is printed
+    proc = run_cli(*base, "--data_service_workers=2", "--", "--data_dir=gs://b/r")
+    pools = json.loads(proc.stdout)["jobSpec"]["workerPoolSpecs"]
+    assert pools[1:3] == [{}, {}] and "gcloud ai custom-jobs create" not in proc.stderr
+    assert "curl -X POST" in proc.stderr and "/v1/projects/p/locations/us-central1/customJobs" in proc.stderr
 
 
 def test_vertex_bad_input():
@@ -40,7 +85,7 @@ def test_vertex_bad_input():
     assert_one_line_error(run_cli("-m", "launch.vertex", "--project=p", "--image_uri=i", "--accelerator_count=2",
                                   "--dry_run"), "--accelerator_count=2", "--accelerator_type")
     assert_one_line_error(run_cli("-m", "launch.vertex", "--image_uri=i", "--dry_run"), "--project")
-    proc = run_cli(*VERTEX, "--", "--data_dir=gs://b/r")  # a real submission, offline, without the cloud extra
+    proc = run_cli(*VERTEX, "--base_output_dir=gs://b/o", "--", "--data_dir=gs://b/r")  # a real submission, offline
     line = assert_one_line_error(proc)
     assert "google-cloud-aiplatform" in line or "credentials" in line
 
@@ -133,21 +178,30 @@ def _printed_jobs(stdout):
 
 
 def test_sweep_on_vertex_dry_run(tmp_path):
+    # the dry run touches no storage: gs://b/sweep is neither read nor written (there is no bucket here at all)
     proc = run_cli("-m", "launch.sweep", "--vertex", "--dry_run", "--project=p", "--image_uri=img",
-                   "--lrs=1e-3", "--batch_sizes=32,64", "--epochs=3", f"--output_dir={tmp_path}", "--",
-                   "--data_dir=gs://b/records")
+                   "--accelerator_type=NVIDIA_L4", "--accelerator_count=1",
+                   "--lrs=1e-3", "--batch_sizes=32,64", "--epochs=3", "--output_dir=gs://b/sweep", "--",
+                   "--data_dir=gs://b/records", env={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    assert "nothing was read from or written to gs://b/sweep" in proc.stdout
     jobs = _printed_jobs(proc.stdout)
     assert [j["displayName"] for j in jobs] == ["sweep-lr0-001_bs32", "sweep-lr0-001_bs64"]
     args = jobs[1]["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"]
-    assert args == ["--data_dir=gs://b/records", f"--model_dir={tmp_path}/lr0.001_bs64", "--batch_size=64",
+    assert args == ["--data_dir=gs://b/records", "--model_dir=gs://b/sweep/lr0.001_bs64", "--batch_size=64",
                     "--lr=0.001", "--epochs=3"]
+    # each cell its own base_output_dir (its own AIP_CHECKPOINT_DIR); an L4 comes on a G2 machine
+    assert jobs[1]["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://b/sweep/lr0.001_bs64"}
+    assert jobs[1]["jobSpec"]["workerPoolSpecs"][0]["machineSpec"] == {
+        "machineType": "g2-standard-4", "acceleratorType": "NVIDIA_L4", "acceleratorCount": 1}
+    assert_one_line_error(run_cli("-m", "launch.sweep", "--vertex", "--dry_run", "--project=p", "--image_uri=img",
+                                  f"--output_dir={tmp_path}", "--", "--data_dir=gs://b/records"), "--output_dir")
 
 
-def test_sweep_on_vertex_extracts_once_on_a_gpu_and_runs_its_cells_without(tmp_path):
+def test_sweep_on_vertex_extracts_once_on_a_gpu_and_runs_its_cells_without():
     proc = run_cli("-m", "launch.sweep", "--vertex", "--dry_run", "--project=p", "--image_uri=img",
                    "--machine_type=g2-standard-8", "--accelerator_type=NVIDIA_L4", "--accelerator_count=1",
-                   "--lrs=1e-3,1e-4", "--batch_sizes=32", "--epochs=3", f"--output_dir={tmp_path}", "--",
+                   "--lrs=1e-3,1e-4", "--batch_sizes=32", "--epochs=3", "--output_dir=gs://b/sweep", "--",
                    "--data_dir=gs://b/records", "--feature_cache_dir=gs://b/features")
     assert proc.returncode == 0, proc.stderr
     jobs = _printed_jobs(proc.stdout)
@@ -160,6 +214,13 @@ def test_sweep_on_vertex_extracts_once_on_a_gpu_and_runs_its_cells_without(tmp_p
         pool = cell["jobSpec"]["workerPoolSpecs"][0]
         assert pool["machineSpec"] == {"machineType": "n1-standard-8"}  # no GPU: the head trains on the features
         assert "--feature_cache_dir=gs://b/features" in pool["containerSpec"]["args"]
+
+
+def test_vertex_deploy_reads_the_export_where_the_training_job_put_it():
+    proc = run_cli("-m", "launch.vertex", "--deploy", "--dry_run", "--project=p", "--base_output_dir=gs://b/runs/x")
+    assert proc.returncode == 0, proc.stderr
+    upload = json.loads(proc.stdout)[0]
+    assert upload["body"]["model"]["artifactUri"] == "gs://b/runs/x/model/export"
 
 
 def test_vertex_deploy_dry_run_prints_the_requests_and_a_predict_call():

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Dict, List, Sequence
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, run_main
+from celeba_common.cli import UserError, import_tensorflow_for_remote, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
 from trainer.config import default_feature_cache_dir
+
+
+KEY = re.compile(r"[0-9a-f]{16}")  # feature_cache.cache_key's names; anything else in the folder is not ours
 
 
 @dataclasses.dataclass
@@ -29,6 +33,8 @@ def entries(root: str) -> List[dict]:
     found: Dict[str, dict] = {}
     for name in fileio.listdir(root) if fileio.isdir(root) else []:  # every file under root, relative
         parts = name.split("/")
+        if not KEY.fullmatch(parts[0]):  # not a cache entry: never listed, never cleared
+            continue
         entry = found.setdefault(parts[0], {"key": parts[0], "size": 0, "splits": set()})
         entry["size"] += fileio.size(fileio.join(root, name))
         if len(parts) > 2:
@@ -41,11 +47,16 @@ def entries(root: str) -> List[dict]:
     return out
 
 
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
+
+
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
     config = from_flags(CacheCommand)
     root = config.feature_cache_dir or default_feature_cache_dir()
+    import_tensorflow_for_remote(root)  # gs:// through tf.io.gfile, as the trainer that wrote it
     found = entries(root)
     if config.clear:
         doomed = found if config.clear == "all" else [e for e in found if e["key"] == config.clear]
@@ -53,13 +64,13 @@ def main(argv: Sequence[str]) -> int:
             raise UserError(f"--clear={config.clear}: no such entry in {root} (run without --clear to list them)")
         for entry in doomed:
             fileio.delete_tree(fileio.join(root, entry["key"]))
-        print(f"removed {len(doomed)} entries ({sum(e['size'] for e in doomed) / 2**20:.1f} MB) from {root}")
+        print(f"removed {_entries(len(doomed))} ({sum(e['size'] for e in doomed) / 2**20:.1f} MB) from {root}")
         return 0
     for e in found:
         print(f"{e['key']}  {e['size'] / 2**20:8.1f} MB  {','.join(e['splits']) or '-':<17} "
               f"{e.get('image_size', '?')} px  weights={e.get('weights', '?')}  pooling={e.get('pooling', '?')}  "
               f"{e.get('precision', '?')}  records={e.get('records', '?')}")
-    print(f"{len(found)} entries, {sum(e['size'] for e in found) / 2**20:.1f} MB in {root}")
+    print(f"{_entries(len(found))}, {sum(e['size'] for e in found) / 2**20:.1f} MB in {root}")
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from celeba_common.cli import UserError
 
@@ -28,6 +28,19 @@ def vertex_data_service(environ=None) -> str:
         raise UserError("--data_service=vertex: CLUSTER_SPEC names no data service pool (launch.vertex "
                         "--data_service_workers=N adds it)")
     return f"grpc://{hosts[0].rsplit(':', 1)[0]}:{DATA_SERVICE_PORT}"
+
+
+def vertex_data_service_replica(environ=None) -> Tuple[int, str]:
+    """(index, host) of this replica of the data service pool, from CLUSTER_SPEC: on Vertex AI only the host names
+    listed there are sure to resolve between replicas (not what the machine calls itself)."""
+    environ = os.environ if environ is None else environ
+    try:
+        spec = json.loads(environ.get("CLUSTER_SPEC") or "{}")
+        index = int(spec["task"]["index"])
+        return index, spec["cluster"][DATA_SERVICE_POOL][index].rsplit(":", 1)[0]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise UserError("--role=vertex: CLUSTER_SPEC does not name this replica of the data service pool "
+                        f"({DATA_SERVICE_POOL}); run it through launch.vertex --data_service_workers=N") from None
 
 
 def cluster_spec_to_tf_config(cluster_spec: dict) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
+from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags
 from trainer import cluster
 from trainer.config import TrainConfig, check_data_folder
@@ -23,6 +23,8 @@ def main(argv: Sequence[str]) -> int:
     from trainer.main import config_from_flags
 
     config = config_from_flags()
+    # a remote path: TensorFlow's own filesystem (tf.io.gfile) from the first check on, the only gs:// client here
+    import_tensorflow_for_remote(config.data_dir, config.model_dir, config.feature_cache_dir, config.weights)
     config.validate()
     cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())
     check_data_folder(config.data_dir, config.batch_size)

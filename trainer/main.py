@@ -15,7 +15,7 @@ from typing import Sequence
 
 from absl import flags
 
-from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
+from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags
 from trainer import cluster
 from trainer.config import DEFAULT_MODEL_DIR, TrainConfig, check_data_folder
@@ -33,6 +33,8 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
     config = config_from_flags()
+    # a remote path: TensorFlow's own filesystem (tf.io.gfile) from the first check on, the only gs:// client here
+    import_tensorflow_for_remote(config.data_dir, config.model_dir, config.feature_cache_dir, config.weights)
     config.validate()
     cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())  # before TensorFlow starts: bad flags and data folders fail in a second
     check_data_folder(config.data_dir, config.batch_size)
