@@ -130,6 +130,37 @@ def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str]
     return jobs["extract"] or "dry run"
 
 
+def _cell(lr: float, bs: int, epochs: int, output_dir: str, trainer_args: Sequence[str], converged_epochs: int,
+          vertex: Optional[vertex_lib.VertexJob], jobs: dict, jobs_path: str, finished) -> dict:
+    """One cell of the grid: trained here, submitted to Vertex AI, or found finished; returns its row."""
+    name = cell_name(lr, bs)
+    model_dir = fileio.join(output_dir, name)
+    row = {"lr": lr, "batch_size": bs, "model_dir": model_dir, "status": "finished"}
+    done = finished(model_dir)
+    args = cell_args(lr, bs, epochs, model_dir, trainer_args)
+    if not done and vertex:
+        if name not in jobs:  # each cell its own base_output_dir: its own AIP_CHECKPOINT_DIR and logs
+            submitted = vertex_lib.launch(dataclasses.replace(vertex, base_output_dir=model_dir), args,
+                                          display_name=f"sweep-{name}".replace(".", "-"))
+            if not submitted:  # --dry_run: printed, not sent
+                return {**row, "status": "dry run"}
+            jobs[name] = submitted
+            fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
+        row["status"] = f"submitted {jobs[name]}"
+    elif not done:
+        print(f"[sweep] {name}: training ({epochs} epochs)", flush=True)
+        code, reason = _run_local(args, fileio.join(output_dir, f"{name}.log"))
+        if code != 0:
+            row["status"] = f"failed ({reason or f'exit {code}'})"
+            print(f"[sweep] {name}: FAILED: {reason}", flush=True)
+    else:
+        print(f"[sweep] {name}: already finished, not rerun", flush=True)
+    history = read_history(fileio.join(model_dir, "history.csv")) if row["status"] == "finished" else []
+    if history:
+        row.update(summarize_history(history, converged_epochs))
+    return row
+
+
 def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, output_dir: str,
               trainer_args: Sequence[str], converged_epochs: int = 3,
               vertex: Optional[vertex_lib.VertexJob] = None, cell_machine_type: str = "n1-standard-8") -> List[dict]:
@@ -159,34 +190,8 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
                                          accelerator_count=0)
     for lr in lrs:
         for bs in batch_sizes:
-            name = cell_name(lr, bs)
-            model_dir = fileio.join(output_dir, name)
-            row = {"lr": lr, "batch_size": bs, "model_dir": model_dir, "status": "finished"}
-            done = finished(model_dir)
-            args = cell_args(lr, bs, epochs, model_dir, trainer_args)
-            if not done and vertex:
-                if name not in jobs:  # each cell its own base_output_dir: its own AIP_CHECKPOINT_DIR and logs
-                    submitted = vertex_lib.launch(dataclasses.replace(vertex, base_output_dir=model_dir), args,
-                                                  display_name=f"sweep-{name}".replace(".", "-"))
-                    if not submitted:  # --dry_run: printed, not sent
-                        row["status"] = "dry run"
-                        rows.append(row)
-                        continue
-                    jobs[name] = submitted
-                    fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
-                row["status"] = f"submitted {jobs[name]}"
-            elif not done:
-                print(f"[sweep] {name}: training ({epochs} epochs)", flush=True)
-                code, reason = _run_local(args, fileio.join(output_dir, f"{name}.log"))
-                if code != 0:
-                    row["status"] = f"failed ({reason or f'exit {code}'})"
-                    print(f"[sweep] {name}: FAILED: {reason}", flush=True)
-            else:
-                print(f"[sweep] {name}: already finished, not rerun", flush=True)
-            history = read_history(fileio.join(model_dir, "history.csv")) if row["status"] == "finished" else []
-            if history:
-                row.update(summarize_history(history, converged_epochs))
-            rows.append(row)
+            rows.append(_cell(lr, bs, epochs, output_dir, trainer_args, converged_epochs, vertex, jobs, jobs_path,
+                              finished))
     if dry_run:
         print(f"[sweep] dry run: {len(rows)} cell jobs printed; nothing was read from or written to {output_dir}")
     else:

@@ -49,7 +49,8 @@ def test_check_choices_names_the_flag():
 
 def test_job_spec_pools_and_batch_check():
     job = vertex.build_job(vertex.VertexJob(project="p", image_uri="img", accelerator_type="NVIDIA_L4",
-                                            accelerator_count=4, replica_count=3), ["--batch_size=96"], "j")
+                                            accelerator_count=4, replica_count=3, base_output_dir="gs://b/r"),
+                           ["--batch_size=96"], "j")
     pools = job["jobSpec"]["workerPoolSpecs"]
     assert [p["replicaCount"] for p in pools] == [1, 2]
     assert pools[1]["machineSpec"]["acceleratorCount"] == 4
@@ -64,11 +65,12 @@ def test_job_spec_pools_and_batch_check():
 
 def test_dataflow_command_in_process():
     job = dataflow.DataflowJob(project="p", temp_location="gs://b/tmp", max_num_workers=8)
-    command = dataflow.build_command(["--celeba_dir=gs://b/c", "--output_dir=gs://b/o"], job)
+    command = dataflow.build_command(["--celeba_dir=gs://b/c", "--output_dir=gs://b/o"], job, "/w.whl")
     assert "--runner=DataflowRunner" in command and "--max_num_workers=8" in command
+    assert "--extra_package=/w.whl" in command and not any(a.startswith("--setup_file") for a in command)
     assert not any(a.startswith("--machine_type") for a in command)
     with pytest.raises(UserError, match="--output_dir=/local"):
-        dataflow.build_command(["--celeba_dir=gs://b/c", "--output_dir=/local"], job)
+        dataflow.build_command(["--celeba_dir=gs://b/c", "--output_dir=/local"], job, "/w.whl")
 
 
 def test_summarize_history_and_best_cell():

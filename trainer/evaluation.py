@@ -19,6 +19,7 @@ import tensorflow as tf
 from celeba_common import fileio
 from preprocessing.manifest import write_json
 from trainer import data, feature_cache, metrics as metrics_lib, model as model_lib, serving
+from trainer.config import trained_metrics
 from trainer.steps import evaluate_distributed, gather_predictions, make_evaluate
 
 
@@ -73,6 +74,26 @@ def run_facts(config, info: data.DatasetInfo, strategy, policy: str, best_epoch)
             "replicas": strategy.num_replicas_in_sync, "flags": jsonable(dataclasses.asdict(config)),
             "image_size": info.image_size, "data_dir": config.data_dir,
             "transform": transform_of(info)}
+
+
+def outputs_written(config) -> bool:
+    """Whether a finished run's evaluation (and export, when wanted) are in its model_dir already."""
+    wanted = ["metrics.json"] + (["model.keras", "export/saved_model.pb"] if config.export else [])
+    return all(fileio.exists(fileio.join(config.model_dir, name)) for name in wanted)
+
+
+def finished_message(config) -> str:
+    """What a rerun of a finished run says instead of evaluating and exporting it again."""
+    total = config.epochs + config.fine_tune_epochs
+    try:
+        metrics = trained_metrics(config.model_dir)
+    except ValueError:  # a damaged metrics.json: the message does without the score
+        metrics = {}
+    split = metrics.get("split", "test")
+    score = f", {split} accuracy {metrics[f'{split}_accuracy']:.4f}" if f"{split}_accuracy" in metrics else ""
+    return (f"{config.model_dir} holds a finished run ({total} epoch{'s' if total != 1 else ''}{score}); nothing to "
+            f"do. Pass a larger --epochs to train on, --reevaluate to evaluate and export again, or --fresh to start "
+            f"over")
 
 
 def save_evaluation(result: Dict, model_dir: str, suffix: str = "") -> None:

@@ -42,6 +42,7 @@ def main(argv: Sequence[str]) -> int:
     from trainer import distribute
 
     distribute.split_cpu(config.num_cpu_devices)
+    from trainer import evaluation
     from trainer.train import NonFiniteLoss, Preempted, Trainer
 
     trainer = Trainer(config)
@@ -49,7 +50,7 @@ def main(argv: Sequence[str]) -> int:
         trainer.train()
         if trainer.finished_before:
             if trainer.is_chief:
-                print(trainer.finished_message(), flush=True)
+                print(evaluation.finished_message(config), flush=True)
             trainer.finish()
             return 0
         result = trainer.evaluate_and_export()

@@ -23,7 +23,7 @@ from celeba_common import fileio
 from trainer import (checkpoints, cluster, data, distribute, evaluation, feature_cache, fingerprint, loop,
                      metrics as metrics_lib, model as model_lib)
 from trainer.checkpoints import Preempted  # noqa: F401  (raised by train(); main catches it from here)
-from trainer.config import TrainConfig, trained_metrics
+from trainer.config import TrainConfig
 from trainer.steps import make_train_step
 
 LOG = logging.getLogger("trainer")
@@ -78,6 +78,19 @@ def _resolve_data_service(config: TrainConfig) -> TrainConfig:
     return config
 
 
+def _log_setup(trainer: "Trainer") -> None:
+    """The run's set-up, in the log: strategy, batch per replica, precision, feature cache, XLA, data service."""
+    config = trainer.config
+    LOG.info("Strategy: %s", distribute.describe(trainer.strategy))
+    LOG.info("global batch %d (%d per replica); precision %s; feature cache %s; XLA %s", config.batch_size,
+             config.batch_size // trainer.replicas, trainer.policy, "on" if trainer.use_feature_cache else "off",
+             "on" if trainer.jit_compile else "off")
+    if config.data_service:
+        LOG.info("training input from the tf.data service at %s (distributed_epoch: its workers read and "
+                 "decode%s); evaluation reads the records here", config.data_service,
+                 "; the head phase trains on cached features" if trainer.use_feature_cache else "")
+
+
 class Trainer:
     """Owns the strategy, model, optimizers, checkpoints and outputs of one training run."""
 
@@ -109,14 +122,7 @@ class Trainer:
         self._steps: Dict[Tuple[str, bool], Callable] = {}
         self._memory_cache: Dict[int, tf.data.Dataset] = {}  # --cache: decoded images kept across epochs
         self.finished_before = False  # set by train(): the run had ended, evaluated and exported already
-        LOG.info("Strategy: %s", distribute.describe(self.strategy))
-        LOG.info("global batch %d (%d per replica); precision %s; feature cache %s; XLA %s", config.batch_size,
-                 config.batch_size // self.replicas, self.policy, "on" if self.use_feature_cache else "off",
-                 "on" if self.jit_compile else "off")
-        if config.data_service:
-            LOG.info("training input from the tf.data service at %s (distributed_epoch: its workers read and "
-                     "decode%s); evaluation reads the records here", config.data_service,
-                     "; the head phase trains on cached features" if self.use_feature_cache else "")
+        _log_setup(self)
 
     def build(self) -> None:
         config = self.config
@@ -166,7 +172,7 @@ class Trainer:
         config = self.config
         total = config.epochs + config.fine_tune_epochs
         self.finished_before = (int(self.state.epoch.numpy()) >= total and not config.reevaluate and
-                                not self.votes.any_worker(not self._outputs_written()))
+                                not self.votes.any_worker(not evaluation.outputs_written(config)))
         if self.finished_before:
             return {"history": history}
         if config.cache and not data.fits_in_memory(self.num_train, self.info.image_size):
@@ -188,24 +194,6 @@ class Trainer:
             LOG.info("Restored the weights of epoch %d (lowest val_loss %.4f)", int(self.state.best_epoch.numpy()),
                      float(self.state.best_val_loss.numpy()))
         return {"history": history}
-
-    def _outputs_written(self) -> bool:
-        """Whether a finished run's evaluation (and export) are in model_dir already."""
-        wanted = ["metrics.json"] + (["model.keras", "export/saved_model.pb"] if self.config.export else [])
-        return all(fileio.exists(fileio.join(self.config.model_dir, name)) for name in wanted)
-
-    def finished_message(self) -> str:
-        """What a rerun of a finished run says instead of evaluating and exporting it again."""
-        config, split = self.config, "test" if self.info.has("test") else "validation"
-        total = config.epochs + config.fine_tune_epochs
-        try:
-            metrics = trained_metrics(config.model_dir)
-        except ValueError:  # damaged metrics.json: the message does without the score
-            metrics = {}
-        score = (f", {split} accuracy {metrics[f'{split}_accuracy']:.4f}" if f"{split}_accuracy" in metrics else "")
-        return (f"{config.model_dir} holds a finished run ({total} epoch{'s' if total != 1 else ''}{score}); nothing "
-                f"to do. Pass a larger --epochs to train on, --reevaluate to evaluate and export again, or --fresh "
-                f"to start over")
 
     def _phase(self, epoch: int, first_step: int) -> Phase:
         """What epoch `epoch` trains, its data in that epoch's own order, resumed after `first_step` steps."""
