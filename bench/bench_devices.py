@@ -54,7 +54,8 @@ def main() -> None:
         if not found:
             raise SystemExit(f"no extraction line in the {devices}-device run:\n{output[-2000:]}")
         figures[devices] = {"streaming_images_per_sec": round(streaming, 1),
-                            "extraction_images_per_sec": float(found.group(2)), "streaming_run_seconds": round(seconds, 1)}
+                            "extraction_images_per_sec": float(found.group(2)),
+                            "streaming_run_seconds": round(seconds, 1)}
         print(f"{devices} device{'s' if devices > 1 else ''}: streaming {streaming:7.1f} images/s (epochs after the "
               f"first), feature extraction {found.group(2)} images/s ({found.group(1)} images); "
               f"streaming run {seconds:.0f} s", flush=True)

@@ -41,7 +41,10 @@ def print_help() -> None:
         for flag in sorted(defined, key=lambda f: f.name):
             default = "" if flag.default is None else f" (default: {flag.default_as_str})"
             lines.append(f"  --{flag.name}: {' '.join(flag.help.split())}{default}")
-    print("\n".join(lines))
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `--help | head` closed the pipe: what was wanted was read; no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser(known_only: bool) -> Callable[[List[str]], List[str]]:

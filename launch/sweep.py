@@ -63,6 +63,10 @@ def parse_grid(lrs: Sequence[str], batch_sizes: Sequence[str]):
         raise UserError(f"--lrs={','.join(lrs)}: learning rates must be > 0")
     if any(v <= 0 for v in bs_values):
         raise UserError(f"--batch_sizes={','.join(batch_sizes)}: batch sizes must be > 0")
+    for flag, given, values in (("--lrs", lrs, lr_values), ("--batch_sizes", batch_sizes, bs_values)):
+        twice = [v for i, v in enumerate(values) if v in values[:i]]
+        if twice:  # one run, not several cells
+            raise UserError(f"{flag}={','.join(given)}: {twice[0]:g} is listed twice")
     return lr_values, bs_values
 
 

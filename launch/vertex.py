@@ -226,11 +226,30 @@ def check_batch_size(args: Sequence[str], replica_count: int, accelerator_count:
                         f"machines x {max(accelerator_count, 1)}); use a multiple of {replicas}")
 
 
+def check_trainer_flags(args: Sequence[str]) -> None:
+    """The trainer's flags parsed and checked as trainer.main will parse and check them (no file is read), so a
+    typo or a bad value fails here in a second, not after the cloud machines have started."""
+    from absl import flags
+
+    from trainer.config import TrainConfig
+
+    values = flags.FlagValues()
+    define_flags(TrainConfig, values)
+    try:
+        extra = values(["trainer.main", *args])[1:]
+    except flags.Error as e:
+        raise UserError(f"trainer flags after the --: {' '.join(str(e).split())}") from None
+    if extra:
+        raise UserError(f"trainer flags after the --: unexpected argument {extra[0]}")
+    from_flags(TrainConfig, values, model_dir=values["model_dir"].value or "model").check_values()
+
+
 def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None,
               module: str = "trainer.main") -> dict:
     """The CustomJob for `config` running the trainer with `args`."""
     if not config.project:
         raise UserError("--project is required")
+    check_trainer_flags(args)
     _, _, gpus = machines.resolve(config.machine_type, config.accelerator_type, config.accelerator_count)
     check_batch_size(args, config.replica_count, gpus)
     name = display_name or config.display_name or \

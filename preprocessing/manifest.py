@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Dict, List, Optional
 
 from celeba_common import fileio
@@ -13,7 +14,19 @@ SUCCESS = "_SUCCESS"
 
 
 def write_json(path: str, obj) -> None:
-    fileio.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """obj as strict JSON: a NaN or infinite number (ROC AUC of a one-class split, say) is written as null, which
+    every JSON parser reads, not as the NaN that strict ones refuse."""
+    fileio.write_bytes(path, (json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def read_manifest(data_dir: str) -> dict:

@@ -302,6 +302,13 @@ def check_beam_args(args: Sequence[str]) -> None:
     unknown = beam_compat.unknown_beam_flags(args)
     if unknown:
         raise UserError(f"unknown flag {unknown[0]} (neither this job's nor Beam's); see --helpshort")
+    for i, arg in enumerate(args):  # Beam takes a negative count and fails deep inside the runner
+        name, _, value = arg.partition("=")
+        if name == "--direct_num_workers":
+            value = value or (args[i + 1] if i + 1 < len(args) else "")
+            if not (value.isascii() and value.isdigit()):
+                raise UserError(f"--direct_num_workers={value}: expected a number of worker processes >= 1 (0: one "
+                                f"per core)")
 
 
 def _nested(a: str, b: str) -> bool:
@@ -325,6 +332,15 @@ def _check_output_dir(output_dir: str, overwrite: bool, source_dir: Optional[str
                 fileio.join(output_dir, SUCCESS)):
             raise UserError(f"output folder {output_dir} is not a dataset of this job (no {MANIFEST}); "
                             f"refusing to --overwrite it")
+
+
+def _check_download_outside(layout, output_dir: str) -> None:
+    """UserError when a part of the download (the image folder or zip, a list file) lies inside the output folder,
+    symlinks resolved: --overwrite or a failed run would delete it with the output."""
+    for part in (layout.image_dir, layout.image_zip, layout.attr_path, layout.partition_path):
+        if part and _nested(part, output_dir):
+            raise UserError(f"{part} (part of the CelebA download) lies inside the output folder {output_dir}; "
+                            f"--overwrite would delete it: choose an output folder outside the download")
 
 
 def _environment_error(error: Exception) -> Optional[str]:
@@ -381,6 +397,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     beam_args = beam_compat.expand_runner_alias(beam_args)
     _check_runner(config, beam_args)
     sizes = splits.parse_split_sizes(config.split_sizes)
+    _recover_interrupted_publish(config.output_dir)
     _check_output_dir(config.output_dir, config.overwrite, config.celeba_dir if config.source == "folder" else None)
     work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
     _remove_abandoned_work_dirs(config.output_dir)
@@ -396,6 +413,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
             rows, source, source_info, groups = tfds_source.prepare(config, sizes, work_dir)
         else:
             layout = celeba.find_layout(config.celeba_dir)
+            _check_download_outside(layout, config.output_dir)
             rows = celeba.read_rows(layout)
             source = celeba.ImageSource.for_layout(layout)
             source_info = {"kind": layout.kind, "celeba_dir": config.celeba_dir,
@@ -443,16 +461,49 @@ def _publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
     non-empty target, so two runs racing to publish cannot both win."""
     raced = UserError(f"output folder {output_dir} appeared while this job ran (another run published a dataset "
                       f"there); left it as it is; pass --overwrite to replace it")
+    aside = None
     if fileio.exists(output_dir) and fileio.listdir(output_dir):
         if not overwrite:
             raise raced
-        fileio.delete_tree(output_dir)  # --overwrite: only now, once the new dataset is complete
+        # --overwrite, only now that the new dataset is complete: the old one is moved aside, not deleted, until
+        # the new one is in place; a kill in between leaves it there, and the next run puts it back
+        aside = f"{output_dir.rstrip('/')}{_REPLACED}{uuid.uuid4().hex[:8]}"
+        fileio.move_tree(output_dir, aside)
     try:
         fileio.move_tree(work_dir, output_dir)
     except OSError as e:
+        if aside:
+            fileio.move_tree(aside, output_dir)
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise raced from None
         raise
+    if aside:
+        fileio.delete_tree(aside)
+
+
+_REPLACED = ".replaced-"  # OUTPUT.replaced-XXXX: the dataset that --overwrite replaces, until the new one is in
+
+
+def _recover_interrupted_publish(output_dir: str) -> None:
+    """After a kill in the middle of an --overwrite publish: when the new dataset made it into place, the old one
+    moved aside is deleted; when it did not, the old one is put back. Either way nothing is lost."""
+    import glob
+
+    base = output_dir.rstrip("/")
+    pattern = (base if fileio.is_remote(base) else glob.escape(base)) + f"{_REPLACED}*/{SUCCESS}"
+    for marker in fileio.glob(pattern):
+        aside = marker[:-len(f"/{SUCCESS}")]
+        if fileio.exists(fileio.join(output_dir, SUCCESS)):
+            LOG.info("removing %s: the dataset that replaced it is in %s", aside, output_dir)
+            fileio.delete_tree(aside)
+        elif not fileio.exists(output_dir) or not fileio.listdir(output_dir):
+            LOG.warning("putting back %s into %s: a run was killed while replacing it", aside, output_dir)
+            if fileio.exists(output_dir):
+                fileio.delete_tree(output_dir)
+            fileio.move_tree(aside, output_dir)
+        else:
+            raise UserError(f"{aside} holds the dataset that an interrupted --overwrite was replacing, and "
+                            f"{output_dir} holds an incomplete one; keep the one you want and delete the other")
 
 
 def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> dict:

@@ -32,11 +32,9 @@ def parse_split_sizes(text: str) -> Optional[Dict[str, int]]:
     """'24000,3000,3000' -> {'train': 24000, ...}; 'all' -> None (every image of each partition)."""
     if text.strip().lower() == "all":
         return None
-    parts = text.split(",")
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        sizes = []
+    parts = [p.strip() for p in text.split(",")]
+    # ASCII digits only: int() also takes other scripts' digits, which no list file or manifest should carry
+    sizes = [int(p) for p in parts] if all(p.isascii() and p.isdigit() for p in parts) else []
     if len(sizes) != 3 or any(s < 0 for s in sizes) or sum(sizes) == 0:
         raise UserError(f"--split_sizes={text}: expected TRAIN,VAL,TEST (three non-negative integers) or 'all'")
     return dict(zip(SPLITS, sizes))

@@ -80,7 +80,8 @@ def test_the_default_path_on_3_devices_equals_one_device(records_dir, tmp_path):
         assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
         runs[devices] = model_dir
     _assert_same_figures(runs[1], runs[3])
-    assert all(abs(float(a["loss"]) - float(b["loss"])) <= TOLERANCE for a, b in zip(_history(runs[1]), _history(runs[3])))
+    assert all(abs(float(a["loss"]) - float(b["loss"])) <= TOLERANCE
+               for a, b in zip(_history(runs[1]), _history(runs[3])))
     np.testing.assert_allclose(_features(f"{runs[1]}-features", "validation")[0],
                                _features(f"{runs[3]}-features", "validation")[0], atol=1e-5)
 

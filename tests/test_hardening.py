@@ -1,14 +1,17 @@
 """Nothing silently wrong in the run folder: resume fingerprint, record counts, prediction's transform, damaged
 checkpoints and models, paths that are files. Each case ends in one `error:` line or a stated fallback."""
+import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, build, run_cli
+from conftest import ROOT, assert_one_line_error, build, run_cli, wait_for_checkpoint
 
 FAST = ["--weights=none", "--batch_size=8", "--head_units=8", "--steps_per_epoch=3", "--feature_cache=off"]
 
@@ -94,6 +97,11 @@ def test_prediction_uses_the_run_folders_transform_after_the_data_moves(celeba_t
     p = {mode: float(model.predict(tf.io.decode_jpeg(transform_image(raw, 32, mode))[None], verbose=0)[0, 1])
          for mode in ("stretch", "crop")}
     assert abs(p_cli - p["stretch"]) < 1e-3 and not np.isclose(p["stretch"], p["crop"], atol=1e-4), (p_cli, p)
+    # evaluating it on records of the same size but another crop would be silently wrong: refused
+    crop_records = str(tmp_path / "crop")
+    build(celeba_txt, crop_records, resize_mode="crop")
+    proc = run_cli("-m", "trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={crop_records}")
+    assert_one_line_error(proc, "resize_mode=stretch", "resize_mode=crop")
 
 
 @pytest.fixture
@@ -118,3 +126,129 @@ def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(celeba_txt
     proc = _train(records_dir, str(model_dir), "--epochs=1")
     assert_one_line_error(proc, "could not save a checkpoint", "No space left on device")
     assert not list(model_dir.rglob("*_temp"))
+
+
+def _records_cli(celeba_dir, output_dir, *extra):
+    return run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_dir}", f"--output_dir={output_dir}",
+                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", *extra)
+
+
+def test_a_kill_inside_an_overwrite_loses_no_dataset(celeba_txt, tmp_path):
+    """--overwrite moves the old dataset aside, moves the new one in, then deletes the old: a kill between the two
+    moves (a window of microseconds here, minutes on gs://) leaves OUTPUT missing and OUTPUT.replaced-* complete.
+    That state, made here by the same rename, is put back by the next run, with or without --overwrite."""
+    out = tmp_path / "records"
+    build(celeba_txt, str(out))
+    manifest = (out / "manifest.json").read_bytes()
+    os.rename(out, tmp_path / "records.replaced-0123abcd")  # the kill's leftover
+    proc = _records_cli(celeba_txt, out)  # no --overwrite: the old dataset is back, and kept
+    assert_one_line_error(proc, "exists and is not empty", "--overwrite")
+    assert (out / "manifest.json").read_bytes() == manifest and sorted(os.listdir(tmp_path)) == ["records"]
+    os.rename(out, tmp_path / "records.replaced-0123abcd")
+    proc = _records_cli(celeba_txt, out, "--overwrite", "--seed=7")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["records"] and (out / "_SUCCESS").exists()
+    assert json.loads((out / "manifest.json").read_bytes())["flags"]["seed"] == 7
+    # and an ordinary --overwrite leaves nothing aside either
+    proc = _records_cli(celeba_txt, out, "--overwrite")
+    assert proc.returncode == 0 and sorted(os.listdir(tmp_path)) == ["records"], proc.stderr[-3000:]
+
+
+def test_an_image_folder_linked_into_the_output_is_not_deleted_by_overwrite(celeba_copy, celeba_txt, tmp_path):
+    out = tmp_path / "records"
+    build(celeba_txt, str(out))
+    images = os.path.join(celeba_copy, "img_align_celeba")
+    shutil.move(images, out / "faces")  # the user keeps the images inside the old output folder...
+    os.symlink(out / "faces", images)  # ... and links them back into the download
+    count = len(os.listdir(out / "faces"))
+    proc = _records_cli(celeba_copy, out, "--overwrite")
+    assert_one_line_error(proc, "img_align_celeba", "inside the output folder")
+    assert len(os.listdir(out / "faces")) == count and (out / "_SUCCESS").exists()
+
+
+def test_a_full_disk_during_export_leaves_no_half_export(records_dir, tmp_path):
+    """Room for the checkpoints (2 x 59 MB of VGG16 at 32 px) but not for the exported model."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(mount_point)], check=True)
+    try:
+        model_dir = mount_point / "run"
+        proc = _train(records_dir, str(model_dir), "--epochs=1")
+        assert_one_line_error(proc, "could not export the model", "No space left on device",
+                              "rerun the same command")
+        assert (model_dir / "checkpoints" / "checkpoint").exists() and (model_dir / "metrics.json").exists()
+        left = sorted(os.listdir(model_dir))
+        assert "export" not in left and "model.keras" not in left and not [n for n in left if "partial" in n], left
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_records_rebuilt_under_a_running_trainer_stop_it(celeba_txt, tmp_path):
+    data_dir = str(tmp_path / "records")
+    build(celeba_txt, data_dir)
+    model_dir = str(tmp_path / "m")
+    cmd = [sys.executable, "-m", "trainer.main", f"--data_dir={data_dir}", f"--model_dir={model_dir}", *FAST,
+           "--epochs=200", "--noexport"]
+    running = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert wait_for_checkpoint(model_dir, running), running.communicate()[1][-3000:]
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={data_dir}",
+                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", "--overwrite", "--seed=9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, err = running.communicate(timeout=300)
+    assert running.returncode == 2 and "changed while this run trained" in err, (out[-2000:], err[-3000:])
+    assert "Traceback" not in err
+
+
+def test_fresh_removes_the_old_runs_outputs_first(records_dir, tmp_path):
+    model_dir = tmp_path / "m"
+    assert _train(records_dir, str(model_dir), "--epochs=1").returncode == 0
+    assert (model_dir / "model.keras").exists() and (model_dir / "export").exists()
+    proc = _train(records_dir, str(model_dir), "--epochs=1", "--fresh", "--noexport", "--lr=0.01")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # no model of the old run beside the new run.json (predict would pair them)
+    assert not (model_dir / "model.keras").exists() and not (model_dir / "export").exists()
+    assert json.load(open(model_dir / "run.json"))["fingerprint"]["lr"] == 0.01
+
+
+def test_a_resume_past_the_shorter_epochs_end_records_no_invented_loss(records_dir, tmp_path):
+    """Stopped at step S >= 5 of a 30-step epoch, resumed with --steps_per_epoch=5: that epoch trains no further
+    step, so its training loss and accuracy are unknown (nan), not 0."""
+    model_dir = str(tmp_path / "m")
+    base = ["-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={model_dir}", "--weights=none",
+            "--batch_size=8", "--head_units=8", "--feature_cache=off", "--epochs=1", "--noexport"]
+    cmd = [sys.executable, *base, "--steps_per_epoch=30", "--checkpoint_steps=5", "--steps_per_loop=1"]
+    running = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert wait_for_checkpoint(model_dir, running), running.communicate()[1][-3000:]
+    running.send_signal(signal.SIGTERM)
+    _, err = running.communicate(timeout=120)
+    assert running.returncode == 143, err[-3000:]
+    proc = run_cli(*base, "--steps_per_epoch=5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = list(csv.DictReader(open(os.path.join(model_dir, "history.csv"))))[0]
+    assert row["loss"] == "nan" and row["accuracy"] == "nan" and float(row["val_loss"]) > 0, row
+
+
+def test_the_fingerprint_lives_in_the_checkpoints(records_dir, tmp_path):
+    """run.json deleted, replaced by `[]` or `1`, or checkpoints copied into another folder: a resume with another
+    --lr is still refused, from the fingerprint saved in the checkpoint; a refused resume writes nothing; the right
+    command then resumes, and rewrites a damaged run.json."""
+    model_dir = tmp_path / "m"
+    assert _train(records_dir, str(model_dir), "--epochs=1", "--noexport").returncode == 0
+    (model_dir / "run.json").unlink()
+    assert_one_line_error(_train(records_dir, str(model_dir), "--epochs=2", "--lr=0.01", "--noexport"),
+                          "lr=0.0001, not 0.01")
+    assert not (model_dir / "run.json").exists()  # the refused resume wrote no run.json of its own
+    for damaged in ("[]", "1"):
+        (model_dir / "run.json").write_text(damaged)
+        assert_one_line_error(_train(records_dir, str(model_dir), "--epochs=2", "--lr=0.01", "--noexport"),
+                              "lr=0.0001, not 0.01")
+        assert (model_dir / "run.json").read_text() == damaged
+    other = tmp_path / "other"
+    shutil.copytree(model_dir / "checkpoints", other / "checkpoints")
+    assert_one_line_error(_train(records_dir, str(other), "--epochs=2", "--lr=0.01", "--noexport"),
+                          "lr=0.0001, not 0.01")
+    again = _train(records_dir, str(model_dir), "--epochs=2", "--noexport")
+    assert again.returncode == 0 and "Resumed after epoch 1" in again.stdout, again.stderr[-3000:]
+    assert json.load(open(model_dir / "run.json"))["fingerprint"]["lr"] == 1e-4

@@ -45,7 +45,8 @@ def test_learning_curves_are_drawn_after_the_first_and_last_epoch_and_then_at_mo
     drawn = []
     for epoch in range(1, 5):
         history.append({"epoch": epoch, "phase": "head", "loss": 1.0 / epoch, "accuracy": 0.5, "val_loss": 1.0 / epoch,
-                        "val_accuracy": 0.5, "lr": 1e-3, "epoch_seconds": 0.1, "train_seconds": 0.05, "images_per_sec": 1.0,
+                        "val_accuracy": 0.5, "lr": 1e-3, "epoch_seconds": 0.1,
+                        "train_seconds": 0.05, "images_per_sec": 1.0,
                         "feature_cache": 1})
         png.unlink(missing_ok=True)
         report.write(history, total_epochs=4)

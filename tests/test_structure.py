@@ -97,6 +97,16 @@ def test_trainer_class_reads_in_one_sitting():
     assert trainer.end_lineno - trainer.lineno + 1 <= 200
 
 
+def test_help_into_a_closed_pipe_is_no_error():
+    """`python -m trainer.main --help | head -0`: the reader is gone before the help is printed; no BrokenPipeError
+    traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.main", "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the flags are parsed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_help_exits_zero_for_every_cli():
     for module in _entry_points():
         for flag in ("--help", "-h"):

@@ -159,6 +159,8 @@ def test_fine_tune_phase(records_dir, tmp_path):
     (["--strategy=tpu_pod"], ["--strategy=tpu_pod"]),
     (["--fine_tune_epochs=2"], ["--fine_tune_from"]),
     (["--weights=/no/such/weights.h5"], ["/no/such/weights.h5"]),
+    (["--seed=-1"], ["--seed=-1", "range"]),
+    (["--seed=99999999999999999999"], ["--seed=99999999999999999999"]),
 ])
 def test_bad_flags(records_dir, tmp_path, args, needles):
     proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}", *args)

@@ -123,3 +123,37 @@ def test_feature_cache_key_follows_the_weights_file_content_and_the_records(reco
     other = data.load(learn_records, verify=False)  # other shards (same image size): another key
     assert feature_cache.cache_key(feature_cache.key_facts(other, "imagenet", "flatten", "float32", 42)) != \
         cache_key("imagenet", "flatten", "float32", 42)
+
+
+def test_launchers_check_what_would_fail_only_in_the_cloud():
+    """Trainer flags are parsed and checked before a Vertex job is built; a sweep grid lists each value once."""
+    for args, match in ((["--lr=nan"], "--lr=nan"), (["--bogus=1"], "bogus"), (["--epochs=2", "extra"], "extra"),
+                        (["--seed=-3"], "--seed")):
+        with pytest.raises(UserError, match=match):
+            vertex.check_trainer_flags(args)
+    vertex.check_trainer_flags(["--data_dir=gs://b/d", "--batch_size=64", "--lr=1e-4", "--fine_tune_from=block5_conv1",
+                                "--fine_tune_epochs=2"])
+    with pytest.raises(UserError, match="1e-03 is listed twice|0.001 is listed twice"):
+        sweep.parse_grid(["1e-3", "1e-3"], ["8"])
+    with pytest.raises(UserError, match="8 is listed twice"):
+        sweep.parse_grid(["1e-3"], ["8", "8"])
+
+
+def test_small_inputs_that_used_to_end_in_a_traceback(tmp_path):
+    import json
+
+    from preprocessing.manifest import write_json
+    from preprocessing.pipeline import check_beam_args
+    from preprocessing.splits import parse_split_sizes
+
+    path = str(tmp_path / "metrics.json")
+    write_json(path, {"roc_auc": float("nan"), "rows": [float("inf"), 1.5]})  # a one-class test split
+    assert json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(c)) == {"roc_auc": None,
+                                                                                   "rows": [None, 1.5]}
+    for bad in ("--direct_num_workers=-3", "--direct_num_workers=x"):
+        with pytest.raises(UserError, match="--direct_num_workers"):
+            check_beam_args([bad])
+    check_beam_args(["--direct_num_workers=2"])
+    with pytest.raises(UserError, match="--split_sizes"):
+        parse_split_sizes("\u0662\u0664,3,3")  # Arabic-Indic digits: int() reads them, a list file never has them
+    assert parse_split_sizes("24, 3,3") == {"train": 24, "validation": 3, "test": 3}

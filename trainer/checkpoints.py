@@ -5,6 +5,7 @@ far; a second manager keeps the weights of the best epoch (Keras' restore_best_w
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -76,7 +77,11 @@ class Checkpoints:
 
     def __init__(self, read_dir: str, write_dir: str, model, state: LoopState, optimizers: Dict[str, object]):
         self.read_dir, self.write_dir, self.model, self.state = read_dir, write_dir, model, state
-        self.checkpoint = tf.train.Checkpoint(model=model, **optimizers, **state.trackables())
+        with tf.device("CPU:0"):  # what the run was trained on and with (fingerprint.py), as JSON, in the checkpoint
+            self.fingerprint = tf.Variable("", trainable=False, name="fingerprint")
+        self.checkpoint = tf.train.Checkpoint(model=model, **optimizers, **state.trackables(),
+                                              fingerprint=self.fingerprint)
+        self._older = tf.train.Checkpoint(model=model, **optimizers, **state.trackables())  # saved without one
         self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=3)
         self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), fileio.join(write_dir, "best"),
                                                max_to_keep=1)
@@ -94,7 +99,9 @@ class Checkpoints:
         candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
         for path in candidates:
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
+                saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+                checkpoint = self.checkpoint if "fingerprint" in saved else self._older
+                checkpoint.restore(path).assert_existing_objects_matched()
                 return path
             except Exception as e:  # noqa: BLE001  (a cut file raises OpError, IndexError, ValueError...)
                 reason = " ".join(str(e).split())[:200]
@@ -107,6 +114,15 @@ class Checkpoints:
             raise UserError(f"no readable checkpoint in {self.read_dir} (all {len(candidates)} are damaged); pass "
                             f"--fresh to start over")
         return None
+
+    def stored_fingerprint(self) -> Optional[dict]:
+        """The fingerprint the restored checkpoint was saved with; None for a checkpoint from before it was kept."""
+        text = self.fingerprint.numpy().decode()
+        return json.loads(text) if text else None
+
+    def stamp(self, fingerprint: dict) -> None:
+        """The fingerprint that the next checkpoints carry."""
+        self.fingerprint.assign(json.dumps(fingerprint, sort_keys=True))
 
     def save(self) -> None:
         self._guarded(self.manager)
@@ -140,9 +156,13 @@ def remove_scratch(directory: str) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+RUN_OUTPUTS = ("history.csv", "metrics.json", "model.keras", "export", "learning_curves.png", "confusion_matrix.png")
+
+
 def clear_run(model_dir: str, checkpoint_dir: str) -> None:
-    """--fresh: deletes the files and folders of an earlier run (checkpoints, history, feature cache, metrics)."""
-    for path in (checkpoint_dir, *(fileio.join(model_dir, name) for name in ("history.csv", "feature_cache",
-                                                                            "metrics.json"))):
+    """--fresh: deletes the checkpoints and outputs of an earlier run first, so that a --fresh run stopped early
+    leaves nothing of the old one beside its own run.json (predict would apply one run's transform to another's
+    model)."""
+    for path in (checkpoint_dir, *(fileio.join(model_dir, name) for name in RUN_OUTPUTS)):
         if fileio.exists(path):
             fileio.delete_tree(path) if fileio.isdir(path) else fileio.remove(path)

@@ -73,7 +73,7 @@ class TrainConfig:
     feature_cache_dir: str = option("", "Where cached features live, shared by every run and sweep cell with the "
                                     "same records, weights, pooling and precision (default: "
                                     "~/.cache/celeba-tfrecords/features; a gs:// folder for cloud jobs).")
-    seed: int = option(42, "Seed of initialization, shuffling and dropout.")
+    seed: int = option(42, "Seed of initialization, shuffling and dropout.", lower_bound=0, upper_bound=2**31 - 1)
     checkpoint_steps: int = option(0, "Also checkpoint every N steps (0: once per epoch).")
     fresh: bool = option(False, "Ignore existing checkpoints and history in --model_dir and start over.")
     fine_tune_from: str = option("", "Unfreeze the backbone from this layer on (e.g. block5_conv1).")
@@ -100,10 +100,21 @@ class TrainConfig:
 
     def validate(self) -> None:
         """UserError naming the first bad setting; runs before TensorFlow starts, so bad flags fail in a second."""
-        check_choices(self)
+        self.check_values()
         checks = [
             (not fileio.exists(self.model_dir) or fileio.isdir(self.model_dir),
              f"--model_dir={self.model_dir} is a file, not a folder"),
+            (self.weights.lower() in ("imagenet", "none") or fileio.exists(self.weights),
+             f"--weights={self.weights}: no such file; {WEIGHTS_HELP}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    def check_values(self) -> None:
+        """The checks that read no file: what a launcher can check before any machine starts (UserError)."""
+        check_choices(self)
+        checks = [
             (self.batch_size > 0, f"--batch_size={self.batch_size}: must be > 0"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr={self.lr}: must be > 0"),
             (self.epochs >= 0, f"--epochs={self.epochs}: must be >= 0"),
@@ -128,8 +139,6 @@ class TrainConfig:
              f"--data_service={self.data_service}: expected grpc://HOST:PORT (or vertex, in a launch.vertex job)"),
             (not (self.data_service and self.cache),
              "--cache and --data_service: decoded images cannot be kept here when the service's workers decode"),
-            (self.weights.lower() in ("imagenet", "none") or fileio.exists(self.weights),
-             f"--weights={self.weights}: no such file; {WEIGHTS_HELP}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional
 import tensorflow as tf
 
 from preprocessing import manifest as manifest_lib, schema
+from celeba_common.cli import UserError
 from trainer.config import check_training_splits
 
 LOG = logging.getLogger("trainer")
@@ -46,6 +47,20 @@ def load(data_dir: str, verify: bool = True) -> DatasetInfo:
     only, cheap); with verify, also checks every shard's size and sha256 (UserError naming the shard)."""
     manifest = manifest_lib.load_verified(data_dir, check_hashes=verify)
     return DatasetInfo(data_dir, manifest)
+
+
+def records_changed(info: DatasetInfo) -> bool:
+    """Whether the records under a running trainer are no longer the ones it started on (rebuilt with --overwrite
+    meanwhile): training on would mix two datasets in one run. One small read; asked once per epoch."""
+    try:
+        return manifest_lib.read_manifest(info.data_dir)["splits"] != info.manifest["splits"]
+    except UserError:  # gone, or half rebuilt
+        return True
+
+
+def changed_records_error(info: DatasetInfo) -> UserError:
+    return UserError(f"the records in {info.data_dir} changed while this run trained (rebuilt with --overwrite?); "
+                     f"the checkpoints so far are of the old records: rerun with --fresh to train on the new ones")
 
 
 def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetInfo:

@@ -49,11 +49,22 @@ def run(config: EvaluateConfig) -> dict:
     expected = model.input_shape[1]
     if expected != info.image_size:
         raise UserError(f"the model takes {expected} px images but {data_dir} holds {info.image_size} px images")
+    from trainer.fingerprint import read_run, transform_of
+
+    trained = ((read_run(config.model_dir) or {}).get("transform") or
+               trained_metrics(config.model_dir).get("transform"))
+    if trained and trained != transform_of(info):  # same size, another crop or JPEG quality: wrong, not failing
+        raise UserError(f"the model was trained on records made with {_describe(trained)}, but {data_dir} holds "
+                        f"records made with {_describe(transform_of(info))}")
     result = evaluate_model(model, info, config.split, config.batch_size, strategy)
     result["replicas"] = strategy.num_replicas_in_sync
     result["data_dir"] = data_dir
     save_evaluation(result, config.model_dir, suffix=f"_{config.split}")
     return result
+
+
+def _describe(transform: dict) -> str:
+    return ", ".join(f"{key}={transform[key]}" for key in sorted(transform))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from typing import Callable, Dict, Tuple
 
 import keras
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from celeba_common import fileio
+from celeba_common.cli import UserError
 from preprocessing.manifest import write_json
 from trainer import data, feature_cache, metrics as metrics_lib, model as model_lib, serving
 from trainer.config import trained_metrics
@@ -106,19 +108,31 @@ def save_evaluation(result: Dict, model_dir: str, suffix: str = "") -> None:
 
 def export(net: keras.Model, model_dir: str, info: data.DatasetInfo) -> None:
     """model.keras (for trainer.predict / evaluate) and export/ (a SavedModel for TF Serving / Vertex AI that takes
-    raw image bytes; see serving.py)."""
-    keras_path = fileio.join(model_dir, "model.keras")
-    if fileio.is_remote(model_dir):
-        local = os.path.join(tempfile.mkdtemp(), "model.keras")
-        net.save(local)
-        fileio.write_bytes(keras_path, fileio.read_bytes(local))
-    else:
-        net.save(keras_path)
-    export_dir = fileio.join(model_dir, "export")
-    if fileio.exists(export_dir):
-        fileio.delete_tree(export_dir)
-    serving.export(net, export_dir, info.image_size, info.manifest.get("resize_mode", "crop"),
-                   int(info.manifest.get("jpeg_quality", 95)))
+    raw image bytes; see serving.py). Each is written under a temporary name and renamed into place, so a failure
+    (a full disk, say) leaves the previous ones or none, never half of one, and ends in one line."""
+    keras_path, export_dir = fileio.join(model_dir, "model.keras"), fileio.join(model_dir, "export")
+    tag = uuid.uuid4().hex[:8]
+    keras_tmp, export_tmp = fileio.join(model_dir, f"model.partial-{tag}.keras"), f"{export_dir}.partial-{tag}"
+    try:
+        if fileio.is_remote(model_dir):
+            local = os.path.join(tempfile.mkdtemp(), "model.keras")
+            net.save(local)
+            fileio.write_bytes(keras_tmp, fileio.read_bytes(local))
+        else:
+            net.save(keras_tmp)
+        serving.export(net, export_tmp, info.image_size, info.manifest.get("resize_mode", "crop"),
+                       int(info.manifest.get("jpeg_quality", 95)))
+        fileio.rename(keras_tmp, keras_path)
+        if fileio.exists(export_dir):
+            fileio.delete_tree(export_dir)
+        fileio.move_tree(export_tmp, export_dir)
+    except (OSError, tf.errors.OpError) as e:
+        for partial in (keras_tmp, export_tmp):
+            if fileio.exists(partial):
+                fileio.delete_tree(partial) if fileio.isdir(partial) else fileio.remove(partial)
+        reason = getattr(e, "strerror", None) or " ".join(str(getattr(e, "message", e)).split(";")[-1].split())
+        raise UserError(f"could not export the model into {model_dir}: {reason}; the checkpoints are complete: "
+                        f"make room and rerun the same command to evaluate and export") from None
 
 
 def weights_checksum(net: keras.Model) -> str:

@@ -43,15 +43,29 @@ def read_run(model_dir: str) -> Optional[dict]:
     if not fileio.exists(path):
         return None
     try:
-        return json.loads(fileio.read_bytes(path))
+        record = json.loads(fileio.read_bytes(path))
     except ValueError:
-        raise UserError(f"{path} is damaged (not JSON); pass --fresh to start the run over") from None
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); pass --fresh to start the run over")
+    return record
 
 
-def check_resume(model_dir: str, current: dict) -> None:
-    """UserError naming the first setting that differs from the run being resumed (run.json)."""
-    stored = (read_run(model_dir) or {}).get("fingerprint")
-    if not stored:
+def run_file_ok(model_dir: str) -> bool:
+    """Whether run.json is there and readable (else the trainer, having checked the checkpoint, writes it anew)."""
+    try:
+        return read_run(model_dir) is not None
+    except UserError:
+        return False
+
+
+def check_resume(model_dir: str, current: dict, stored: Optional[dict] = None) -> None:
+    """UserError naming the first setting that differs from the run being resumed: `stored`, the fingerprint saved
+    in its checkpoint (so a deleted or edited run.json, or checkpoints copied from another run, change nothing),
+    else run.json's, for checkpoints from before the fingerprint was saved in them."""
+    if stored is None:
+        stored = (read_run(model_dir) or {}).get("fingerprint")
+    if not stored or not isinstance(stored, dict):
         return  # a run folder from before run.json: nothing to compare with
     for key, value in current.items():
         if key in stored and stored[key] != value:

@@ -153,11 +153,12 @@ class Trainer:
         if config.fresh and self.is_chief:
             checkpoints.clear_run(config.model_dir, self.checkpoint_dir)
         resuming = not config.fresh and self.checkpoints.latest is not None
-        if resuming:
-            fingerprint.check_resume(config.model_dir, current)
-        if self.is_chief and (not resuming or fingerprint.read_run(config.model_dir) is None):
-            fingerprint.write_run(config.model_dir, current, self.info)
         latest = self.checkpoints.restore_latest() if resuming else None
+        if latest:  # against the fingerprint saved in the checkpoint itself (run.json's for older checkpoints)
+            fingerprint.check_resume(config.model_dir, current, self.checkpoints.stored_fingerprint())
+        self.checkpoints.stamp(current)  # every checkpoint of this run carries it from now on
+        if self.is_chief and (not latest or not fingerprint.run_file_ok(config.model_dir)):
+            fingerprint.write_run(config.model_dir, current, self.info)
         if not latest:
             return []
         epoch, step = int(self.state.epoch.numpy()), int(self.state.step_in_epoch.numpy())
@@ -178,6 +179,8 @@ class Trainer:
         if config.cache and not data.fits_in_memory(self.num_train, self.info.image_size):
             LOG.warning("--cache: decoded images would not fit in memory; streaming from the records instead")
         while int(self.state.epoch.numpy()) < total:
+            if self.votes.any_worker(data.records_changed(self.info)):  # every worker stops, not just one
+                raise data.changed_records_error(self.info)
             epoch = int(self.state.epoch.numpy()) + 1
             start = time.time()
             if self.is_chief and sys.stdout.isatty():  # in a log, the epoch's summary line says it all
@@ -254,8 +257,9 @@ class Trainer:
         loss_sum, correct_sum, seen, train_seconds = totals
         images = seen * self.config.batch_size
         val_loss, val_accuracy = self.validation.run(phase.use_cache)
-        history.append({"epoch": epoch, "phase": phase.name, "loss": round(loss_sum / max(seen, 1), 6),
-                        "accuracy": round(correct_sum / max(images, 1), 6), "val_loss": round(val_loss, 6),
+        no_steps = float("nan") if not seen else 0.0  # resumed past the epoch's last step: nothing trained in it
+        history.append({"epoch": epoch, "phase": phase.name, "loss": round(loss_sum / max(seen, 1) + no_steps, 6),
+                        "accuracy": round(correct_sum / max(images, 1) + no_steps, 6), "val_loss": round(val_loss, 6),
                         "val_accuracy": round(val_accuracy, 6), "lr": phase.lr,
                         "epoch_seconds": round(time.time() - start, 3), "train_seconds": round(train_seconds, 3),
                         "images_per_sec": round(images / max(train_seconds, 1e-9), 1),
