@@ -19,11 +19,13 @@ def test_training_through_a_local_data_service_learns_and_says_so(learn_records,
     manifest = json.load(open(os.path.join(learn_records, "manifest.json")))
     majority = max(manifest["splits"]["test"]["labels"].values()) / manifest["splits"]["test"]["num_examples"]
     # The same flags without the service: test accuracy 0.77, ROC AUC 0.866. Through the service (its order is not
-    # seeded) four runs gave accuracy 0.59-0.79 (the threshold is not settled after 6 epochs) but ROC AUC
-    # 0.854-0.872: the band is held on the ranking, and accuracy must beat the majority class.
-    assert metrics["roc_auc"] >= 0.75, metrics["roc_auc"]  # what does not learn scores about 0.5
-    assert metrics["test_accuracy"] > majority, (metrics["test_accuracy"], majority)
-    assert not subprocess.run(["pgrep", "-f", "launch.data_service --role"], capture_output=True).stdout, \
+    # seeded) runs gave accuracy 0.54-0.79 (0.54 = the majority class: the 0.5 threshold is not settled after 6
+    # epochs) but ROC AUC 0.854-0.872: the band is held on the ranking, which a model that learned nothing scores
+    # at about 0.5, and accuracy may not fall below the majority class.
+    assert metrics["roc_auc"] >= 0.75, metrics["roc_auc"]
+    assert metrics["test_accuracy"] >= majority, (metrics["test_accuracy"], majority)
+    port = proc.stdout.split("tf.data service at grpc://127.0.0.1:")[1].split(":")[0].split()[0]
+    assert not subprocess.run(["pgrep", "-f", f"launch.data_service --role.*{port}"], capture_output=True).stdout, \
         "service processes outlived the launcher"
 
 
