@@ -185,20 +185,6 @@ def glob(pattern: str) -> List[str]:
     return sorted(m.path for m in _beam().match([pattern])[0].metadata_list)
 
 
-def rename(src: str, dst: str) -> None:
-    """Moves one file to dst, replacing it (atomic for local files)."""
-    if not is_remote(src):
-        os.replace(src, dst)
-        return
-    gfile = _gfile()
-    if gfile:
-        gfile.rename(src, dst, overwrite=True)
-        return
-    if _beam().exists(dst):
-        _beam().delete([dst])
-    _beam().rename([src], [dst])
-
-
 def move_tree(src: str, dst: str) -> None:
     """Moves the folder src to dst (dst must not exist). Atomic for local folders; file by file elsewhere."""
     if not is_remote(src):

@@ -7,6 +7,7 @@ and the other dependencies, comes from the test's own environment; what the Dock
 project's files and their install, is exactly what runs.
 """
 import fnmatch
+import importlib.metadata
 import os
 import shlex
 import shutil
@@ -94,11 +95,15 @@ def image(tmp_path_factory):
     python = os.path.join(venv, "bin", "python")
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
+    # --target installs into that folder alone: pip then ignores (and never uninstalls) what this environment has,
+    # such as the checkout's own editable install
+    ours = len(list(importlib.metadata.distributions(name="celeba-tfrecords")))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              f"--target={site}", sources], capture_output=True, text=True, cwd=str(work))
+    assert install.returncode == 0, install.stderr[-3000:]
+    assert len(list(importlib.metadata.distributions(name="celeba-tfrecords"))) == ours  # left as it was
     with open(os.path.join(site, "zz_dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              f"--prefix={venv}", sources], capture_output=True, text=True, cwd=str(work))
-    assert install.returncode == 0, install.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     return python, env, str(work)

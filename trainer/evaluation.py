@@ -111,10 +111,15 @@ def export(net: keras.Model, model_dir: str, info: data.DatasetInfo) -> None:
     raw image bytes; see serving.py). Each is written under a temporary name and renamed into place, so a failure
     (a full disk, say) leaves the previous ones or none, never half of one, and ends in one line."""
     keras_path, export_dir = fileio.join(model_dir, "model.keras"), fileio.join(model_dir, "export")
-    tag = uuid.uuid4().hex[:8]
-    keras_tmp, export_tmp = fileio.join(model_dir, f"model.partial-{tag}.keras"), f"{export_dir}.partial-{tag}"
+    tag, remote = uuid.uuid4().hex[:8], fileio.is_remote(model_dir)
+    # an object store has no rename (a copy per file): there the old ones go first and the new are written in place
+    keras_tmp = keras_path if remote else fileio.join(model_dir, f"model.partial-{tag}.keras")
+    export_tmp = export_dir if remote else f"{export_dir}.partial-{tag}"
     try:
-        if fileio.is_remote(model_dir):
+        if remote:
+            for old in (keras_path, export_dir):
+                if fileio.exists(old):
+                    fileio.delete_tree(old) if fileio.isdir(old) else fileio.remove(old)
             local = os.path.join(tempfile.mkdtemp(), "model.keras")
             net.save(local)
             fileio.write_bytes(keras_tmp, fileio.read_bytes(local))
@@ -122,10 +127,11 @@ def export(net: keras.Model, model_dir: str, info: data.DatasetInfo) -> None:
             net.save(keras_tmp)
         serving.export(net, export_tmp, info.image_size, info.manifest.get("resize_mode", "crop"),
                        int(info.manifest.get("jpeg_quality", 95)))
-        fileio.rename(keras_tmp, keras_path)
-        if fileio.exists(export_dir):
-            fileio.delete_tree(export_dir)
-        fileio.move_tree(export_tmp, export_dir)
+        if not remote:
+            os.replace(keras_tmp, keras_path)
+            if fileio.exists(export_dir):
+                fileio.delete_tree(export_dir)
+            fileio.move_tree(export_tmp, export_dir)
     except (OSError, tf.errors.OpError) as e:
         for partial in (keras_tmp, export_tmp):
             if fileio.exists(partial):

@@ -79,3 +79,14 @@ def write_run(model_dir: str, current: dict, info: data.DatasetInfo) -> None:
     """run.json: the fingerprint, and the transform prediction needs (so it never depends on the data folder)."""
     record = {"fingerprint": current, "transform": transform_of(info), "data_dir": info.data_dir}
     fileio.write_bytes(fileio.join(model_dir, RUN_FILE), (json.dumps(record, indent=2) + "\n").encode())
+
+
+def settle(checkpoints, model_dir: str, current: dict, info: data.DatasetInfo, resumed: bool, is_chief: bool) -> None:
+    """After a restore (or none): checks the resume against the fingerprint saved in the restored checkpoint itself
+    (run.json's for older checkpoints), stamps the fingerprint into every later checkpoint, and has the chief write
+    run.json when the run is new or its run.json is missing or damaged."""
+    if resumed:
+        check_resume(model_dir, current, checkpoints.stored_fingerprint())
+    checkpoints.stamp(current)
+    if is_chief and (not resumed or not run_file_ok(model_dir)):
+        write_run(model_dir, current, info)

@@ -154,11 +154,7 @@ class Trainer:
             checkpoints.clear_run(config.model_dir, self.checkpoint_dir)
         resuming = not config.fresh and self.checkpoints.latest is not None
         latest = self.checkpoints.restore_latest() if resuming else None
-        if latest:  # against the fingerprint saved in the checkpoint itself (run.json's for older checkpoints)
-            fingerprint.check_resume(config.model_dir, current, self.checkpoints.stored_fingerprint())
-        self.checkpoints.stamp(current)  # every checkpoint of this run carries it from now on
-        if self.is_chief and (not latest or not fingerprint.run_file_ok(config.model_dir)):
-            fingerprint.write_run(config.model_dir, current, self.info)
+        fingerprint.settle(self.checkpoints, config.model_dir, current, self.info, bool(latest), self.is_chief)
         if not latest:
             return []
         epoch, step = int(self.state.epoch.numpy()), int(self.state.step_in_epoch.numpy())
