@@ -146,11 +146,14 @@ class Progress:
 
         self.what, self.target, self.unit, self.start = what, target, unit, time.monotonic()
         self._log, self._logged = logging.getLogger("trainer") if shown else None, self.start
+        self._first: Optional[tuple] = None  # (time, count) after the first batch, whose call also traces
         self._bar = None
         if shown and sys.stdout.isatty():
             self._bar, self._log = keras.utils.Progbar(target, unit_name=unit), None
 
     def update(self, done: int) -> None:
+        if self._first is None:
+            self._first = (time.monotonic(), done)
         if self._bar is not None:
             self._bar.update(min(done, self.target))
         elif self._log is not None and time.monotonic() - self._logged >= self.LOG_SECONDS:
@@ -161,14 +164,19 @@ class Progress:
                            self.unit, _duration(left))
 
     def done(self, done: int) -> None:
-        seconds = time.monotonic() - self.start
+        """The closing line: the count, the whole time, and the rate after the first batch (the steady rate)."""
+        now = time.monotonic()
+        first_time, first_done = self._first or (self.start, 0)
+        steady = (done - first_done) / max(now - first_time, 1e-9) if done > first_done else done / max(
+            now - self.start, 1e-9)
         if self._bar is not None:
             self._bar.update(self.target, finalize=True)
         if self._log is not None or self._bar is not None:
             import logging
 
-            logging.getLogger("trainer").info("%s: %d %s in %s (%.0f %s/s)", self.what, done, self.unit,
-                                              _duration(seconds), done / max(seconds, 1e-9), self.unit)
+            logging.getLogger("trainer").info("%s: %d %s in %s (%.0f %s/s after the first batch, which traces)",
+                                              self.what, done, self.unit, _duration(now - self.start), steady,
+                                              self.unit)
 
 
 def _duration(seconds: float) -> str:
