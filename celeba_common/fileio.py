@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import stat
 import sys
 from typing import List, Optional
 
@@ -106,6 +107,24 @@ def open_write(path: str):
 def read_bytes(path: str) -> bytes:
     with open_read(path) as f:
         return f.read()
+
+
+MAX_IMAGE_BYTES = 64 << 20  # one image file; CelebA's are about 10 KB, a large camera JPEG 20 MB
+
+
+def read_regular(path: str, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; ValueError saying what it is otherwise. A FIFO or a
+    device (a symlink to /dev/zero, say) would block or never end, and an 8 GB file would fill the memory."""
+    if is_remote(path):
+        length = size(path)
+    else:
+        status = os.stat(path)  # follows symlinks: what is read is what counts
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError("not a regular file (a FIFO, device or socket)")
+        length = status.st_size
+    if length > limit:
+        raise ValueError(f"{length / 2**20:.0f} MB, over the limit of {limit / 2**20:.0f} MB per image")
+    return read_bytes(path)
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -207,13 +207,22 @@ class ImageSource:
 
     def read(self, name: str) -> bytes:
         """The file's bytes; FileNotFoundError when it is listed but absent."""
+        from preprocessing.transform import ImageError
+
         if self.image_dir is not None:
             path = fileio.join(self.image_dir, name)
             if fileio.is_remote(path) and not fileio.exists(path):
                 raise FileNotFoundError(path)
-            return fileio.read_bytes(path)
+            try:
+                return fileio.read_regular(path)
+            except ValueError as e:  # a FIFO, a device, a huge file: left out as an image that cannot be read
+                raise ImageError(str(e)) from None
         archive = self._open_zip()
         try:
-            return archive.read(self._prefix + name)
+            entry = archive.getinfo(self._prefix + name)
         except KeyError:
             raise FileNotFoundError(f"{self.image_zip}:{self._prefix}{name}") from None
+        if entry.file_size > fileio.MAX_IMAGE_BYTES:  # what the entry unpacks to (a zip bomb), before unpacking
+            raise ImageError(f"{entry.file_size / 2**20:.0f} MB unpacked, over the limit of "
+                             f"{fileio.MAX_IMAGE_BYTES / 2**20:.0f} MB per image")
+        return archive.read(entry)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Dict, List, Optional
 
 from celeba_common import fileio
@@ -42,10 +43,30 @@ def read_manifest(data_dir: str) -> dict:
         manifest = json.loads(fileio.read_bytes(fileio.join(data_dir, MANIFEST)))
     except (OSError, ValueError) as e:
         raise UserError(f"{fileio.join(data_dir, MANIFEST)} is unreadable: {e}") from None
+    if not _well_formed(manifest):
+        raise UserError(f"{fileio.join(data_dir, MANIFEST)} is damaged (no splits with shards, or a shard that is not "
+                        f"a plain file name of the folder); rebuild with python -m preprocessing.build_records "
+                        f"--overwrite")
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
         raise UserError(f"{data_dir}: record schema version {manifest.get('schema_version')} is not the "
                         f"supported version {schema.SCHEMA_VERSION}")
     return manifest
+
+
+def _well_formed(manifest) -> bool:
+    """Splits with shards, each a plain file name in the data folder (never /dev/zero or ../x) with integer counts."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        return False
+    for split in manifest["splits"].values():
+        if not isinstance(split, dict) or not isinstance(split.get("shards"), list) or \
+                type(split.get("num_examples")) is not int:
+            return False
+        for shard in split["shards"]:
+            name = shard.get("file") if isinstance(shard, dict) else None
+            if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or \
+                    "\0" in name or not all(type(shard.get(k)) is int for k in ("bytes", "num_records")):
+                return False
+    return True
 
 
 def shard_paths(data_dir: str, manifest: dict, split: str) -> List[str]:
@@ -91,7 +112,8 @@ def count_problems(data_dir: str, manifest: dict) -> Dict[str, str]:
         total = 0
         for shard in info["shards"]:
             path = fileio.join(data_dir, shard["file"])
-            count = tfrecord.count_records(path) if fileio.exists(path) else -1
+            readable = fileio.is_remote(path) or os.path.isfile(path)  # not a FIFO or a link to /dev/zero
+            count = tfrecord.count_records(path) if readable and fileio.exists(path) else -1
             total += max(count, 0)
             if count != shard["num_records"]:
                 problems[shard["file"]] = (f"{count} records, manifest says {shard['num_records']}" if count >= 0

@@ -39,8 +39,9 @@ TARGET_SHARD_BYTES = 150 * 1024 * 1024
 CHUNK_SIZE = 256
 _META, _CHUNKS = ".meta", ".chunks"
 _LABEL_INDEX = schema.ATTRIBUTE_NAMES.index(schema.LABEL_ATTRIBUTE)
-# Errors that say the file itself is absent or unreadable; anything else while reading is taken as transient.
-PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# Errors that say the file itself is absent or unreadable (ImageError: not a regular file, or over the size limit);
+# anything else while reading is taken as transient.
+PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ImageError)
 READ_ATTEMPTS = 4
 READ_RETRY_SECONDS = 0.5  # doubled after each failed attempt
 

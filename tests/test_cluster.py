@@ -40,3 +40,13 @@ def test_vertex_output_dirs():
            "AIP_TENSORBOARD_LOG_DIR": "gs://b/logs"}
     assert cluster.vertex_defaults(env) == {"model_dir": "gs://b/model", "checkpoint_dir": "gs://b/ckpt",
                                             "tensorboard_dir": "gs://b/logs"}
+
+
+def test_tf_config_of_the_wrong_shape_is_one_line():
+    cases = [("[1, 2]", "JSON object"), ('"worker"', "JSON object"),
+             ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "index 2"),
+             ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief", "index": 0}}', "'task'"),
+             ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}', "lists of host:port")]
+    for raw, needle in cases:
+        with pytest.raises(UserError, match=needle):
+            cluster.tf_config({"TF_CONFIG": raw})

@@ -128,9 +128,9 @@ def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(celeba_txt
     assert not list(model_dir.rglob("*_temp"))
 
 
-def _records_cli(celeba_dir, output_dir, *extra):
+def _records_cli(celeba_dir, output_dir, *extra, timeout=300):
     return run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_dir}", f"--output_dir={output_dir}",
-                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", *extra)
+                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", *extra, timeout=timeout)
 
 
 def test_a_kill_inside_an_overwrite_loses_no_dataset(celeba_txt, tmp_path):
@@ -252,3 +252,29 @@ def test_the_fingerprint_lives_in_the_checkpoints(records_dir, tmp_path):
     again = _train(records_dir, str(model_dir), "--epochs=2", "--noexport")
     assert again.returncode == 0 and "Resumed after epoch 1" in again.stdout, again.stderr[-3000:]
     assert json.load(open(model_dir / "run.json"))["fingerprint"]["lr"] == 1e-4
+
+
+def test_manifests_of_the_wrong_shape_are_one_line(records_dir, tmp_path):
+    """`[]`, no splits, or a shard named /dev/zero (which inspect and the trainer would hash forever)."""
+    manifest = json.load(open(os.path.join(records_dir, "manifest.json")))
+    zero = json.loads(json.dumps(manifest))
+    zero["splits"]["train"]["shards"][0]["file"] = "/dev/zero"
+    for i, damaged in enumerate(([], {"schema_version": manifest["schema_version"]}, zero)):
+        copy = tmp_path / f"copy{i}"
+        shutil.copytree(records_dir, copy)
+        (copy / "manifest.json").write_text(json.dumps(damaged))
+        assert_one_line_error(_train(str(copy), str(tmp_path / f"m{i}"), "--epochs=1"), "manifest.json is damaged")
+    proc = run_cli("-m", "preprocessing.inspect_records", f"--data_dir={tmp_path / 'copy2'}", timeout=60)
+    assert_one_line_error(proc, "manifest.json is damaged")
+
+
+def test_a_fifo_in_the_download_is_left_out_not_waited_for(celeba_copy, records_dir, tmp_path):
+    name = open(os.path.join(records_dir, "splits", "train.txt")).read().split()[0]  # one the split picks
+    image = os.path.join(celeba_copy, "img_align_celeba", name)
+    os.remove(image)
+    os.mkfifo(image)  # nobody ever writes into it: reading it would block forever
+    out = tmp_path / "records"
+    proc = _records_cli(celeba_copy, out, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [json.loads(line) for line in open(out / "errors.jsonl")]
+    assert [(e["name"], e["reason"]) for e in errors] == [(name, "not a regular file (a FIFO, device or socket)")]

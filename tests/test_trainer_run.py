@@ -194,6 +194,15 @@ def test_predict_and_evaluate_bad_input(trained_run, tmp_path):
     assert rows[0][:2] == [str(garbage), "error"] and rows[0][2].startswith("cannot decode image")
     assert "BytesIO" not in rows[0][2]
     assert rows[1] == [str(tmp_path / "x.jpg"), "error", "no such file"]
+    # a FIFO (nobody writes into it), /dev/zero and a link to it: each its row's error, no hang, no memory blow-up
+    fifo, link = tmp_path / "fifo.jpg", tmp_path / "zero.jpg"
+    os.mkfifo(fifo)
+    os.symlink("/dev/zero", link)
+    proc = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(fifo), "/dev/zero", str(link),
+                   timeout=120)
+    assert_one_line_error(proc, "3 of 3 files could not be predicted")
+    assert [line.split("\t")[2] for line in proc.stdout.strip().splitlines()] == \
+        ["not a regular file (a FIFO, device or socket)"] * 3
     assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={tmp_path}", str(garbage)),
                           "model.keras")
     assert_one_line_error(run_cli("-m", "trainer.evaluate", f"--model_dir={tmp_path}"), "--data_dir")

@@ -64,10 +64,26 @@ def tf_config(environ=None) -> Optional[dict]:
                 parsed = json.loads(raw)
             except ValueError:
                 raise UserError(f"{name} is not valid JSON") from None
+            if not isinstance(parsed, dict):
+                raise UserError(f"{name} must be a JSON object with 'cluster' and 'task', not {type(parsed).__name__}")
             config = convert(parsed)
             if config.get("cluster"):
+                _check_task(name, config)
                 return config
     return None
+
+
+def _check_task(name: str, config: dict) -> None:
+    """UserError unless the cluster maps task types to lists of host:port and the task names one of them."""
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not all(isinstance(h, list) for h in cluster.values()):
+        raise UserError(f"{name}: 'cluster' must map task types to lists of host:port")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise UserError(f"{name}: 'task' must name a type of the cluster ({', '.join(cluster)})")
+    index, hosts = task.get("index", 0), cluster[task["type"]]
+    if not isinstance(index, int) or not 0 <= index < len(hosts):
+        raise UserError(f"{name}: task index {index!r} is out of range: the cluster has {len(hosts)} "
+                        f"{task['type']} task{'s' if len(hosts) != 1 else ''}")
 
 
 def num_tasks(config: Optional[dict]) -> int:

@@ -55,7 +55,11 @@ def prepare_one(path: str, image_size: int, resize_mode: str = "crop", jpeg_qual
         raise ImageError("no such file")
     if fileio.isdir(path):
         raise ImageError("is a folder, not an image")
-    jpeg = transform_image(fileio.read_bytes(path), image_size, resize_mode, jpeg_quality)
+    try:
+        raw = fileio.read_regular(path)
+    except ValueError as e:  # a FIFO, /dev/zero, an 8 GB file: this row's error, no hang
+        raise ImageError(str(e)) from None
+    jpeg = transform_image(raw, image_size, resize_mode, jpeg_quality)
     return tf.io.decode_jpeg(jpeg, channels=3).numpy()  # as trainer/data.py decodes records
 
 
