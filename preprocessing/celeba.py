@@ -108,7 +108,7 @@ def _check_names(path: str, names: List[str]) -> List[int]:
 
 def _add_row(path: str, lineno: int, name: str, value, out: dict, first_line: Dict[str, int]) -> None:
     """out[name] = value, refusing names that leave the image folder and names listed twice."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
         raise UserError(f"{path} line {lineno}: {name!r} is not a plain file name inside the image folder")
     if name in out:
         raise UserError(f"{path} line {lineno}: {name} is listed twice (first on line {first_line[name]})")

@@ -278,3 +278,61 @@ def test_a_fifo_in_the_download_is_left_out_not_waited_for(celeba_copy, records_
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = [json.loads(line) for line in open(out / "errors.jsonl")]
     assert [(e["name"], e["reason"]) for e in errors] == [(name, "not a regular file (a FIFO, device or socket)")]
+
+
+def test_damaged_inputs_around_a_run_end_in_one_line(records_dir, tmp_path):
+    """A flipped byte read with --noverify_data, a manifest whose image size was edited, a tf.data service with
+    nothing listening: one line each (the last within its bounded wait), no TensorFlow traceback, no hang."""
+    from conftest import free_port
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(records_dir, flipped)
+    shard = flipped / json.load(open(flipped / "manifest.json"))["splits"]["train"]["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a record's JPEG bytes: its checksum no longer matches
+    shard.write_bytes(bytes(data))
+    assert_one_line_error(_train(str(flipped), str(tmp_path / "m1"), "--epochs=1", "--noverify_data"), "damaged")
+    edited = tmp_path / "edited"
+    shutil.copytree(records_dir, edited)
+    manifest = json.load(open(edited / "manifest.json"))
+    manifest["image_size"] = 64
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(_train(str(edited), str(tmp_path / "m2"), "--epochs=1"), "[32]x[32] px",
+                          "manifest.json says 64 px")
+    proc = _train(records_dir, str(tmp_path / "m3"), "--epochs=1", f"--data_service=grpc://127.0.0.1:{free_port()}")
+    assert_one_line_error(proc, "no tf.data service dispatcher answers there", "after 20 s")
+
+
+def test_a_damaged_history_does_not_block_the_resume(records_dir, tmp_path):
+    model_dir = tmp_path / "m"
+    assert _train(records_dir, str(model_dir), "--epochs=1", "--noexport").returncode == 0
+    (model_dir / "history.csv").write_bytes(b"\xff\xfe\x00 not text")
+    proc = _train(records_dir, str(model_dir), "--epochs=2", "--noexport")
+    assert proc.returncode == 0 and "history.csv is damaged" in proc.stderr, proc.stderr[-3000:]
+    (model_dir / "history.csv").write_text("epoch,loss,accuracy,val_loss,val_accuracy\n1,abc,0.5,0.7,0.5\n")
+    proc = _train(records_dir, str(model_dir), "--epochs=3", "--noexport")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [row["epoch"] for row in csv.DictReader(open(model_dir / "history.csv"))] == ["3"]
+
+
+def test_a_one_class_download_warns_and_writes_strict_json(celeba_copy, tmp_path):
+    attributes = os.path.join(celeba_copy, "list_attr_celeba.txt")
+    lines = open(attributes).read().splitlines()
+    male = lines[1].split().index("Male") + 1
+    rows = [line.split() for line in lines[2:]]
+    for row in rows:
+        row[male] = "1"
+    with open(attributes, "w") as f:
+        f.write("\n".join(lines[:2] + [" ".join(row) for row in rows]) + "\n")
+    data_dir = str(tmp_path / "records")
+    build(celeba_copy, data_dir)
+    proc = _train(data_dir, str(tmp_path / "m"), "--epochs=1", "--noexport")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "holds male images only" in proc.stderr
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert metrics["roc_auc"] is None  # undefined with one class: null, not NaN
+    names = os.path.join(celeba_copy, "list_eval_partition.txt")
+    text = open(names).read().splitlines()
+    text[0] = text[0].replace(".jpg", "\0.jpg", 1)
+    open(names, "w").write("\n".join(text) + "\n")
+    assert_one_line_error(_records_cli(celeba_copy, tmp_path / "out"), "not a plain file name")

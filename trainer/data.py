@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional
 import tensorflow as tf
 
 from preprocessing import manifest as manifest_lib, schema
+from celeba_common import fileio
 from celeba_common.cli import UserError
 from trainer.config import check_training_splits
 
@@ -64,10 +65,33 @@ def changed_records_error(info: DatasetInfo) -> UserError:
 
 
 def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetInfo:
-    """load(), plus what training needs: train and validation splits, and a train split of >= one batch."""
+    """load(), plus what training needs: train and validation splits, a train split of >= one batch, records of
+    the manifest's image size; and a warning when a split holds one class only."""
     info = load(data_dir, verify=verify)
     check_training_splits(info.manifest, data_dir, batch_size)
+    _check_image_size(info)
+    for split, facts in info.manifest["splits"].items():
+        labels = {int(k): v for k, v in (facts.get("labels") or {}).items() if v}
+        if facts["num_examples"] and len(labels) == 1:
+            LOG.warning("the %s split of %s holds %s images only: a classifier cannot learn (or be judged) on one "
+                        "class; is the download complete?", split, data_dir, schema.CLASS_NAMES[next(iter(labels))])
     return info
+
+
+def _check_image_size(info: DatasetInfo) -> None:
+    """UserError when the first train record's image is not the manifest's size (an edited manifest): the input
+    pipeline would fail on it in its first step, with a TensorFlow traceback."""
+    from preprocessing import tfrecord
+
+    with fileio.open_read(info.files("train")[0]) as handle:
+        first = next(tfrecord.iter_records(handle), None)
+    if first is None:
+        return
+    feature = tf.train.Example.FromString(first).features.feature
+    height, width = feature[schema.HEIGHT_KEY].int64_list.value, feature[schema.WIDTH_KEY].int64_list.value
+    if list(height) + list(width) != [info.image_size] * 2:
+        raise UserError(f"{info.data_dir}: the records hold {list(width)[:1]}x{list(height)[:1]} px images, but "
+                        f"manifest.json says {info.image_size} px; rebuild with --overwrite")
 
 
 def decode(serialized, image_size: int, with_extras: bool = False):
@@ -173,6 +197,31 @@ def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, t
         return ds.with_options(options).prefetch(AUTOTUNE)
 
     return dataset_fn
+
+
+# How long a trainer waits for a tf.data service dispatcher to answer: one given by address should be up already;
+# a Vertex AI job's pool boots beside the trainers and may come up minutes later.
+SERVICE_WAIT_SECONDS = {"address": 20.0, "vertex": 600.0}
+
+
+def check_service(address: str, wait: float = SERVICE_WAIT_SECONDS["address"]) -> None:
+    """UserError unless the tf.data service dispatcher at grpc://HOST:PORT accepts connections within `wait`
+    seconds (it may still be starting): TensorFlow itself would wait for it forever."""
+    import socket
+    import time
+
+    host, port = address.split("://", 1)[-1].rsplit(":", 1)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                reason = e.strerror or str(e)
+                raise UserError(f"--data_service={address}: no tf.data service dispatcher answers there ({reason}) "
+                                f"after {wait:.0f} s; start one with python -m launch.data_service") from None
+            time.sleep(1.0)
 
 
 def _from_service(files: List[str], decode_fn: Callable, batch: int, shuffle_buffer: int, augment_images: bool,

@@ -42,6 +42,8 @@ def main(argv: Sequence[str]) -> int:
     from trainer import distribute
 
     distribute.split_cpu(config.num_cpu_devices)
+    import tensorflow as tf
+
     from trainer import evaluation
     from trainer.train import NonFiniteLoss, Preempted, Trainer
 
@@ -58,6 +60,9 @@ def main(argv: Sequence[str]) -> int:
     except Preempted as e:
         sys.stderr.write(f"{e}; rerun the same command to resume\n")
         return 143
+    except tf.errors.DataLossError as e:  # a damaged shard read with --noverify_data
+        raise UserError(f"a shard of {config.data_dir} is damaged ({' '.join(e.message.split())[:160]}); run with "
+                        f"--verify_data (the default) to name it, or rebuild the records") from None
     except NonFiniteLoss as e:
         raise UserError(f"{e}; kept the last good checkpoint ({trainer.checkpoints.latest or 'none yet'}); try a "
                         f"lower --lr, --precision=float32 or another --cross_device_ops") from None

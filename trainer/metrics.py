@@ -106,11 +106,29 @@ SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_sec", "ep
 
 
 def read_history(path: str) -> List[dict]:
-    """The rows of history.csv; a row cut short (a file from before atomic writes) is dropped, not kept."""
+    """The rows of history.csv. A row cut short (a file from before atomic writes) or holding a value that is not a
+    number is dropped; a file that is not text at all is set aside, with a warning: the resume goes on, and the
+    file is written anew from the epochs after it."""
     if not fileio.exists(path):
         return []
-    rows = csv.DictReader(io.StringIO(fileio.read_bytes(path).decode()))
-    return [row for row in rows if None not in row.values() and row.get("epoch", "").isdigit()]
+    try:
+        rows = list(csv.DictReader(io.StringIO(fileio.read_bytes(path).decode())))
+    except (UnicodeDecodeError, csv.Error) as e:
+        import logging
+
+        logging.getLogger("trainer").warning("%s is damaged (%s); its rows are dropped and it is written anew",
+                                             path, type(e).__name__)
+        return []
+    return [row for row in rows if None not in row.values() and row.get("epoch", "").isascii() and
+            row["epoch"].isdigit() and all(_number(row.get(key, "")) for key in SCALARS)]
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def write_history(path: str, rows: List[dict]) -> None:

@@ -72,9 +72,13 @@ def _epoch_source(strategy: tf.distribute.Strategy, phase: Phase, steps: int) ->
 
 
 def _resolve_data_service(config: TrainConfig) -> TrainConfig:
-    """--data_service=vertex: the dispatcher of this Vertex AI job's data service pool."""
+    """--data_service=vertex: the dispatcher of this Vertex AI job's data service pool; and a dispatcher that does not
+    answer within a bounded wait is one line, not a hang."""
+    wait = data.SERVICE_WAIT_SECONDS["vertex" if config.data_service == "vertex" else "address"]
     if config.data_service == "vertex":
-        return dataclasses.replace(config, data_service=cluster.vertex_data_service())
+        config = dataclasses.replace(config, data_service=cluster.vertex_data_service())
+    if config.data_service:
+        data.check_service(config.data_service, wait)
     return config
 
 
