@@ -190,3 +190,33 @@ def test_an_overflow_on_one_replica_skips_the_step_on_every_replica():
     assert result["replicas"] == 2
     assert result["weights_unchanged"] and result["weights_finite"], result
     assert result["scale_after"] == result["scale_before"] / 2  # lowered once, the same on every replica
+
+
+def test_sigkill_of_one_worker_ends_the_other_in_one_line(records_dir, tmp_path):
+    import signal as signals
+
+    model_dir = str(tmp_path / "mw")
+    cmd = _cluster_cmd(records_dir, model_dir, "--epochs=50", "--feature_cache=off")
+    launcher, workers = _start_cluster(cmd, model_dir, checkpoints_wanted=1)
+    workers[1].send_signal(signals.SIGKILL)
+    out, _ = launcher.communicate(timeout=180)
+    assert launcher.returncode != 0
+    survivor = [line for line in out.splitlines() if line.startswith("[worker 0]")]
+    assert not [line for line in survivor if "Traceback" in line], out[-3000:]  # (TF's own C++ log lines remain)
+    errors = [line for line in survivor if "] error:" in line]
+    assert len(errors) <= 1, errors  # one line (or none: the launcher may stop it first)
+    assert not errors or "the cluster lost a worker (" in errors[0], errors
+    assert "local cluster failed" in out
+
+
+def test_a_worker_that_never_starts_ends_the_run_in_one_line(records_dir, tmp_path):
+    from conftest import free_port
+
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]},
+                 "task": {"type": "worker", "index": 0}}  # worker 1 is never started
+    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}",
+                   "--weights=none", "--batch_size=8", "--cluster_wait=10", env={"TF_CONFIG": json.dumps(tf_config)},
+                   timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "joined within 10 s" in errors[0] and "--cluster_wait" in errors[0], proc.stderr

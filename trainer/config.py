@@ -65,6 +65,9 @@ class TrainConfig:
     cross_device_ops: str = option("auto", "MirroredStrategy all-reduce (try another one if multi-GPU losses go "
                                    "NaN).", choices=CROSS_DEVICE_OPS)
     num_cpu_devices: int = option(0, "Split the CPU into N logical devices (to try MirroredStrategy without GPUs).")
+    cluster_wait: int = option(600, "Seconds every worker of a TF_CONFIG / CLUSTER_SPEC cluster may take to join "
+                               "before the run stops in one line (instead of waiting forever for a worker that "
+                               "never started).", lower_bound=1)
     shuffle_buffer: int = option(2048, "Shuffle buffer (examples).")
     augment: bool = option(False, "Random horizontal flips.")
     cache: bool = option(False, "Keep decoded images in memory after the first epoch when they fit.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable, Tuple
 
 from celeba_common.cli import UserError
 from trainer import cluster
@@ -101,11 +102,11 @@ class Votes:
                                    axis=None)
 
         self._vote, self._tf = vote, tf
-        self._workers = max(1, strategy.num_replicas_in_sync // local)
+        self.workers = max(1, strategy.num_replicas_in_sync // local)
 
     def mean(self, value: float) -> float:
         """The mean of `value` over all workers: the same number on every worker."""
-        return float(self._vote(self._tf.constant(float(value)))) / self._workers
+        return float(self._vote(self._tf.constant(float(value)))) / self.workers
 
     def any_worker(self, flag: bool) -> bool:
         """Whether `flag` is true on any worker."""
@@ -114,6 +115,43 @@ class Votes:
     def barrier(self) -> None:
         """Returns once every worker has reached it."""
         self.any_worker(False)
+
+
+_WATCHDOG = """import os, signal, sys, time
+parent, wait, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(wait)
+if os.getppid() == parent:  # still waiting: say why, and end it
+    sys.stderr.write(message + chr(10))
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+"""
+
+
+def meet(make: Callable[[], object], wait_seconds: float) -> Tuple[object, Votes]:
+    """(strategy, its Votes): the strategy made by `make`, then a first barrier. In a cluster every worker must get
+    there within `wait_seconds`: TensorFlow itself waits forever (inside MultiWorkerMirroredStrategy's constructor,
+    holding the interpreter, so no Python thread or signal handler runs) for a worker that never started. A small
+    watchdog process then says so in one line and ends this one."""
+    import os
+    import subprocess
+    import sys
+
+    workers = cluster.num_tasks(cluster.tf_config())
+    watchdog = None
+    if workers > 1:
+        message = (f"error: not every worker of the {workers}-task cluster joined within {wait_seconds:g} s "
+                   f"(--cluster_wait); check that each task of TF_CONFIG / CLUSTER_SPEC was started and can be reached")
+        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(wait_seconds), message],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        strategy = make()
+        votes = Votes(strategy)
+        votes.barrier()
+    finally:
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
+    return strategy, votes
 
 
 def strategy_name(strategy) -> str:

@@ -3,7 +3,7 @@ another model shape, precision or optimization setting would silently mix two ru
 
 Settings that may change on resume (they do not change what the checkpoint means): --epochs, --fine_tune_epochs,
 --steps_per_epoch, --checkpoint_steps, --feature_cache, --cache, --strategy, --cross_device_ops, --num_cpu_devices,
---verify_data, --export, --restore_best, --reevaluate. Everything in `fingerprint` below may not.
+--verify_data, --export, --restore_best, --reevaluate, --cluster_wait. Everything in `fingerprint` below may not.
 """
 from __future__ import annotations
 

@@ -60,6 +60,12 @@ def main(argv: Sequence[str]) -> int:
     except Preempted as e:
         sys.stderr.write(f"{e}; rerun the same command to resume\n")
         return 143
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError) as e:
+        if trainer.num_workers < 2:
+            raise
+        raise UserError(f"the cluster lost a worker ({type(e).__name__} in a collective); rerun the same command "
+                        f"on every worker to resume from the last checkpoint") from None
     except tf.errors.DataLossError as e:  # a damaged shard read with --noverify_data
         raise UserError(f"a shard of {config.data_dir} is damaged ({' '.join(e.message.split())[:160]}); run with "
                         f"--verify_data (the default) to name it, or rebuild the records") from None

@@ -103,9 +103,9 @@ class Trainer:
         self.config = config = _resolve_data_service(config)
         self.cluster = cluster.ensure_tf_config()
         self.is_chief = cluster.is_chief(self.cluster)
-        self.strategy = distribute.make_strategy(config.strategy, config.cross_device_ops)
+        self.strategy, self.votes = distribute.meet(  # every worker of a cluster is here, or one line
+            lambda: distribute.make_strategy(config.strategy, config.cross_device_ops), config.cluster_wait)
         self.replicas = distribute.check_global_batch(self.strategy, config.batch_size)
-        self.votes = distribute.Votes(self.strategy)
         self.info = data.load_for_training(config.data_dir, config.verify_data, config.batch_size)
         self.num_train = self.info.num_examples("train")
         self.steps_per_epoch = config.steps_per_epoch or self.num_train // config.batch_size
