@@ -49,10 +49,9 @@ def run(config: EvaluateConfig) -> dict:
     expected = model.input_shape[1]
     if expected != info.image_size:
         raise UserError(f"the model takes {expected} px images but {data_dir} holds {info.image_size} px images")
-    from trainer.fingerprint import read_run, transform_of
+    from trainer.fingerprint import trained_transform, transform_of
 
-    trained = ((read_run(config.model_dir) or {}).get("transform") or
-               trained_metrics(config.model_dir).get("transform"))
+    trained = trained_transform(config.model_dir)
     if trained and trained != transform_of(info):  # same size, another crop or JPEG quality: wrong, not failing
         raise UserError(f"the model was trained on records made with {_describe(trained)}, but {data_dir} holds "
                         f"records made with {_describe(transform_of(info))}")

@@ -51,6 +51,14 @@ def read_run(model_dir: str) -> Optional[dict]:
     return record
 
 
+def trained_transform(model_dir: str) -> Optional[dict]:
+    """The records job's transform settings the run's model was trained with, from the run folder itself (run.json,
+    or metrics.json): never from the data folder, which may have moved since. None when neither says."""
+    from trainer.config import trained_metrics
+
+    return (read_run(model_dir) or {}).get("transform") or trained_metrics(model_dir).get("transform")
+
+
 def run_file_ok(model_dir: str) -> bool:
     """Whether run.json is there and readable (else the trainer, having checked the checkpoint, writes it anew)."""
     try:

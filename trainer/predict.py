@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 from celeba_common import fileio
 from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
-from trainer.config import DEFAULT_MODEL_DIR, trained_metrics, trained_model_file
+from trainer.config import DEFAULT_MODEL_DIR, trained_model_file
 
 
 @dataclasses.dataclass
@@ -93,11 +93,10 @@ def write_csv(path: str, rows: Sequence[Tuple[str, str, str, str]]) -> None:
 
 
 def _transform_of(model_dir: str) -> dict:
-    """The records job's transform settings the model was trained with, from the run folder itself (run.json, or
-    metrics.json): never from the data folder, which may have moved since."""
-    from trainer.fingerprint import read_run
+    """fingerprint.trained_transform, or UserError when the run folder does not say."""
+    from trainer.fingerprint import trained_transform
 
-    transform = (read_run(model_dir) or {}).get("transform") or trained_metrics(model_dir).get("transform")
+    transform = trained_transform(model_dir)
     if not transform:
         raise UserError(f"{model_dir} does not say which image transform its model was trained with (no run.json; "
                         f"trained by an older version): retrain it with python -m trainer.main")
