@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import zipfile
+import zlib
 from typing import Dict, List, Optional, Tuple
 
 from celeba_common import fileio
@@ -197,6 +198,16 @@ class ImageSource:
     def __setstate__(self, state):
         self.__init__(**state)
 
+    def check(self) -> None:
+        """UserError, in the driver before any worker starts, when the zip cannot be opened (truncated, empty, not a
+        zip): every worker would otherwise fail on it with a traceback."""
+        if self.image_zip is None:
+            return
+        try:
+            self._open_zip()
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise UserError(f"{self.image_zip} is not a readable zip ({e}); download it again") from None
+
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
             handle = self.image_zip if not fileio.is_remote(self.image_zip) else fileio.open_read(self.image_zip)
@@ -225,4 +236,7 @@ class ImageSource:
         if entry.file_size > fileio.MAX_IMAGE_BYTES:  # what the entry unpacks to (a zip bomb), before unpacking
             raise ImageError(f"{entry.file_size / 2**20:.0f} MB unpacked, over the limit of "
                              f"{fileio.MAX_IMAGE_BYTES / 2**20:.0f} MB per image")
-        return archive.read(entry)
+        try:
+            return archive.read(entry)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # one damaged entry: a dead letter
+            raise ImageError(f"damaged zip entry ({e})") from None

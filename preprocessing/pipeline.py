@@ -417,6 +417,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
             _check_download_outside(layout, config.output_dir)
             rows = celeba.read_rows(layout)
             source = celeba.ImageSource.for_layout(layout)
+            source.check()
             source_info = {"kind": layout.kind, "celeba_dir": config.celeba_dir,
                            "attributes_sha256": celeba.fingerprint(layout.attr_path),
                            "partitions_sha256": celeba.fingerprint(layout.partition_path),

@@ -336,3 +336,28 @@ def test_a_one_class_download_warns_and_writes_strict_json(celeba_copy, tmp_path
     text[0] = text[0].replace(".jpg", "\0.jpg", 1)
     open(names, "w").write("\n".join(text) + "\n")
     assert_one_line_error(_records_cli(celeba_copy, tmp_path / "out"), "not a plain file name")
+
+
+def test_a_damaged_zip_entry_is_a_dead_letter_and_a_cut_zip_one_line(celeba_copy, records_dir, tmp_path):
+    import zipfile
+
+    images = os.path.join(celeba_copy, "img_align_celeba")
+    archive = os.path.join(celeba_copy, "img_align_celeba.zip")
+    with zipfile.ZipFile(archive, "w") as z:  # stored, not deflated: a flipped byte shows only in the CRC
+        for name in sorted(os.listdir(images)):
+            z.write(os.path.join(images, name), f"img_align_celeba/{name}")
+    shutil.rmtree(images)
+    name = open(os.path.join(records_dir, "splits", "train.txt")).read().split()[0]  # one the split picks
+    entry = zipfile.ZipFile(archive).getinfo(f"img_align_celeba/{name}")
+    data = bytearray(open(archive, "rb").read())
+    data[entry.header_offset + 30 + len(entry.filename) + entry.compress_size // 2] ^= 0xFF
+    open(archive, "wb").write(bytes(data))
+    out = tmp_path / "records"
+    build(celeba_copy, str(out))
+    errors = [json.loads(line) for line in open(out / "errors.jsonl")]
+    assert [e["name"] for e in errors] == [name] and "damaged zip entry (Bad CRC-32" in errors[0]["reason"], errors
+    for cut in (data[: len(data) // 2], b""):
+        open(archive, "wb").write(bytes(cut))
+        proc = _records_cli(celeba_copy, tmp_path / "cut")
+        assert_one_line_error(proc, "img_align_celeba.zip is not a readable zip", "download it again")
+        assert not (tmp_path / "cut").exists()
