@@ -248,3 +248,25 @@ def test_synthetic_on_an_unwritable_path(tmp_path):
     blocker.write_text("x")
     proc = run_cli("-m", "preprocessing.synthetic_celeba", f"--output_dir={blocker}/sub", "--num_images=5")
     assert_one_line_error(proc, str(blocker))
+
+
+def test_predict_streams_a_batch_at_a_time(trained_run, celeba_txt, tmp_path):
+    """Files 3 and 4 are created only after the first batch of 2 was predicted: a prediction that read every file
+    first (all of CelebA in memory) would report them missing."""
+    import shutil
+
+    from trainer.fingerprint import trained_transform
+    from trainer.model import load_trained
+    from trainer.predict import predict_files
+
+    model_dir, _ = trained_run
+    images = sorted(glob.glob(os.path.join(celeba_txt, "img_align_celeba", "*.jpg")))[:2]
+    later = [str(tmp_path / "later0.jpg"), str(tmp_path / "later1.jpg")]
+    rows = predict_files(load_trained(model_dir), images + later, trained_transform(model_dir), batch_size=2)
+    first = [next(rows), next(rows)]
+    assert all(p is not None and error is None for p, error in first), first
+    for source, target in zip(images, later):
+        shutil.copy(source, target)
+    rest = list(rows)
+    assert [error for _, error in rest] == [None, None], rest
+    assert np.allclose([p for p, _ in rest], [p for p, _ in first], atol=1e-5)

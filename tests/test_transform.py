@@ -74,3 +74,18 @@ def test_large_photo_is_shrunk_with_antialiasing():
     stripes[:, ::2] = 255  # one-pixel stripes average to grey when shrunk properly
     out = np.asarray(_decode(transform_image(_encode(Image.fromarray(stripes), "PNG"), 50, "crop", 100)))
     assert 100 < out.mean() < 155 and out.std() < 20
+
+
+def test_an_image_claiming_too_many_pixels_is_refused_before_it_is_decoded():
+    """A 70-byte PNG whose header says 10000x10000 (100 M pixels, 300 MB decoded): refused from Pillow's limit on,
+    where Pillow itself only warns up to twice that."""
+    import struct
+    import zlib
+
+    png = bytearray(_encode(Image.new("RGB", (1, 1)), "PNG"))
+    header = struct.pack(">II", 10000, 10000) + png[24:29]  # IHDR: width, height, then depth, colour, ...
+    png[16:29] = header
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    assert Image.open(io.BytesIO(bytes(png))).size == (10000, 10000)
+    with pytest.raises(ImageError, match=r"10000x10000 pixels exceed the limit"):
+        transform_image(bytes(png), 32)
