@@ -121,12 +121,12 @@ def _extract_once(lrs, batch_sizes, output_dir: str, trainer_args: Sequence[str]
 
 def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], jobs: dict) -> Optional[str]:
     """With --vertex: the one GPU job that fills the shared gs:// cache; None once it is known to have finished."""
-    from trainer.feature_cache import DONE
+    from trainer.cache_layout import finished
 
     cache = vertex_lib.trainer_flag(trainer_args, "feature_cache_dir") or ""
     if not cache.startswith("gs://"):
         return None  # each cell extracts its own features, as a single run does
-    if "extract" in jobs and fileio.glob(fileio.join(cache, "*", "validation", "worker-*", DONE)):
+    if "extract" in jobs and any(finished(entry, "validation") for entry in fileio.glob(fileio.join(cache, "*"))):
         return None
     if "extract" not in jobs:
         jobs["extract"] = vertex_lib.launch(vertex, trainer_args, display_name="sweep-extract-features",

@@ -1,7 +1,9 @@
 """The shared, content-addressed feature cache: reuse across runs, new keys for new inputs, atomic writes."""
 import csv
+import json
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -99,3 +101,78 @@ def test_two_runs_starting_together_both_finish_with_the_same_features(records_d
     histories = [list(csv.DictReader(open(tmp_path / name / "history.csv"))) for name in ("a", "b")]
     np.testing.assert_allclose([float(r["val_loss"]) for r in histories[0]],
                                [float(r["val_loss"]) for r in histories[1]], atol=1e-6)
+
+
+def _largest_file(folder):
+    files = [os.path.join(root, f) for root, _, names in os.walk(folder) for f in names if f != "_DONE"]
+    return max(files, key=os.path.getsize)
+
+
+def _flip(folder):
+    path = _largest_file(folder)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def _cut(folder):
+    path = _largest_file(folder)
+    open(path, "r+b").truncate(os.path.getsize(path) // 3)
+
+
+def _edit_done(change):
+    def damage(folder):
+        done = json.load(open(os.path.join(folder, "_DONE")))
+        text = change(done)
+        open(os.path.join(folder, "_DONE"), "w").write(text if isinstance(text, str) else json.dumps(done))
+    return damage
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_flip, "changed since it was written"),
+    (_cut, "changed since it was written"),
+    (lambda folder: shutil.rmtree(os.path.join(folder, "part-00001")), "not the ones it was written with"),
+    (_edit_done(lambda done: "{\"parts\": 3,"), "_DONE marker is damaged"),
+    (_edit_done(lambda done: done.update(parts=2)), "part count does not match"),
+    (_edit_done(lambda done: done.pop("files")), "older version"),
+    (lambda folder: os.remove(os.path.join(folder, "_DONE")), "no _DONE marker"),
+])
+def test_a_damaged_entry_is_computed_again_not_trusted(records_dir, tmp_path, monkeypatch, damage, reason):
+    """Each damage is seen before any example is read (a flipped byte would otherwise be a DataLossError mid-run);
+    the entry is computed again and the next run's features equal the first's."""
+    from trainer import cache_layout
+
+    info = data.load(records_dir, verify=False)
+    net = model_lib.build_model(32, "none", (8,), 0.0, "flatten", seed=1)
+    strategy = tf.distribute.get_strategy()
+    monkeypatch.setattr(feature_cache, "PART_EXAMPLES", 8)  # 20 test examples: 3 parts
+
+    def features():
+        cache = feature_cache.FeatureCache(strategy, net, info, str(tmp_path), {"k": 1}, batch_size=8)
+        folder = os.path.join(cache.split_path("test"), "worker-0-of-1")
+        return folder, np.stack([f for f, _ in feature_cache.load(folder).as_numpy_iterator()])
+
+    folder, first = features()
+    assert sorted(os.listdir(folder)) == ["_DONE", "part-00000", "part-00001", "part-00002"]
+    done_written = os.path.getmtime(os.path.join(folder, "_DONE"))
+    assert features()[0] == folder and os.path.getmtime(os.path.join(folder, "_DONE")) == done_written  # reused
+    damage(folder)
+    assert reason in cache_layout.damage(folder)
+    again = features()[1]
+    assert cache_layout.damage(folder) is None
+    np.testing.assert_array_equal(again, first)
+
+
+def test_a_damaged_info_json_is_listed_cleared_and_rewritten(records_dir, tmp_path):
+    cache = tmp_path / "shared"
+    assert _train(records_dir, tmp_path / "a", cache, "--batch_size=8").returncode == 0
+    (key,) = os.listdir(cache)
+    (cache / key / "info.json").write_bytes(b"\xff{ not json")
+    listing = run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}")
+    assert listing.returncode == 0 and listing.stdout.startswith(key) and "1 entry" in listing.stdout, listing
+    again = _train(records_dir, tmp_path / "b", cache, "--batch_size=8")
+    assert again.returncode == 0 and "feature cache: computing" not in again.stderr, again.stderr[-2000:]
+    assert json.load(open(cache / key / "info.json"))["records"] == records_dir  # rewritten by the run that used it
+    (cache / key / "info.json").write_text("[1, 2]")
+    cleared = run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}", "--clear=all")
+    assert cleared.returncode == 0 and "removed 1 entry" in cleared.stdout and os.listdir(cache) == [], cleared

@@ -8,17 +8,13 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 from typing import Dict, List, Sequence
 
 from celeba_common import fileio
 from celeba_common.cli import UserError, import_tensorflow_for_remote, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
+from trainer.cache_layout import KEY, read_info
 from trainer.config import default_feature_cache_dir
-
-
-KEY = re.compile(r"[0-9a-f]{16}")  # feature_cache.cache_key's names; anything else in the folder is not ours
 
 
 @dataclasses.dataclass
@@ -41,8 +37,7 @@ def entries(root: str) -> List[dict]:
             entry["splits"].add(parts[1])
     out = []
     for key in sorted(found):
-        info = fileio.join(root, key, "info.json")
-        facts = json.loads(fileio.read_bytes(info)) if fileio.exists(info) else {}
+        facts = read_info(fileio.join(root, key)) or {}  # missing or damaged: listed (and clearable) all the same
         out.append({**facts, **found[key], "splits": sorted(found[key]["splits"])})
     return out
 

@@ -8,6 +8,8 @@ holds one folder per key, and the key is what determines the features (the shard
 pooling, precision; the seed only for random weights). Any run with the same key reuses them: another --lr,
 --batch_size or head, every cell of a sweep. A worker's features are written into a temporary folder and renamed into place complete, so a
 half-written cache is never read, and of two runs extracting together the first rename wins and the other uses it.
+The _DONE marker written last holds every file's size and sha256; each run checks them before using an entry, and
+a damaged one (a flipped byte, a cut file, a lost part) is computed again, never trusted (trainer/cache_layout.py).
 `python -m trainer.cache` lists and clears the cache.
 """
 from __future__ import annotations
@@ -27,11 +29,10 @@ import tensorflow as tf
 from celeba_common import fileio
 from celeba_common.cli import UserError
 from trainer import data, distribute, metrics as metrics_lib, model as model_lib
+from trainer.cache_layout import DONE, INFO, damage, inventory, read_info, worker_folder
 from trainer.config import default_feature_cache_dir
 from trainer.steps import infer
 
-DONE = "_DONE"
-INFO = "info.json"
 LOG = logging.getLogger("trainer")
 
 
@@ -67,10 +68,6 @@ def cache_key(facts: dict) -> str:
 PART_EXAMPLES = 4096  # features are saved in parts of this many examples, so extraction memory stays bounded
 
 
-def _worker_folder(path: str, pipeline_id: int, pipelines: int) -> str:
-    return fileio.join(path, f"worker-{pipeline_id}-of-{pipelines}")
-
-
 def _save_part(folder: str, index: int, features: List[np.ndarray], labels: List[np.ndarray]) -> int:
     f, l = np.concatenate(features), np.concatenate(labels)
     tf.data.Dataset.from_tensor_slices((f, l)).save(fileio.join(folder, f"part-{index:05d}"))
@@ -94,7 +91,7 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
 
     dist = strategy.distribute_datasets_from_function(dataset_fn)
     run = tf.function(lambda images, labels: strategy.run(forward, args=(images, labels)), reduce_retracing=True)
-    folder = _worker_folder(path, seen["pipeline"], seen["pipelines"])
+    folder = worker_folder(path, seen["pipeline"], seen["pipelines"])
     final, folder = folder, f"{folder}.tmp-{uuid.uuid4().hex[:8]}"  # renamed into place once complete
     LOG.info("feature cache: computing the backbone features of the %s split (once) into %s", split, final)
     share = -(-info.num_examples(split) // seen["pipelines"])  # this worker's, about
@@ -115,7 +112,7 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
         total += _save_part(folder, parts, buffered_f, buffered_l)
         parts += 1
     progress.done(total)
-    _publish(folder, final, json.dumps({"parts": parts, "examples": total}).encode())
+    _publish(folder, final, json.dumps({"parts": parts, "examples": total, "files": inventory(folder)}).encode())
 
 
 def _publish(tmp: str, final: str, done: bytes) -> None:
@@ -157,7 +154,7 @@ def dataset_fn(path: str, global_batch: int, training: bool, buffer: int, seed: 
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(global_batch)
             pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-        ds = load(_worker_folder(path, pipeline_id, pipelines))
+        ds = load(worker_folder(path, pipeline_id, pipelines))
         if training:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
             ds = ds.skip(skip_steps * (global_batch // pipelines))
@@ -230,9 +227,13 @@ class FeatureCache:
         """The split's cache folder, extracted first if any worker lacks its part (all workers call this together)."""
         path = fileio.join(self.path, split)
         if not self._ready.get(split):
-            mine = _worker_folder(path, self.worker_index, self.num_workers)
-            if self.votes.any_worker(not fileio.exists(fileio.join(mine, DONE))):
-                self._describe()
+            mine = worker_folder(path, self.worker_index, self.num_workers)
+            why = damage(mine)
+            if why and fileio.exists(mine):  # computed again, not trusted: the others' intact parts are kept
+                LOG.warning("feature cache: %s cannot be used (%s); computing it again", mine, why)
+                fileio.delete_tree(mine)
+            self._describe()
+            if self.votes.any_worker(why is not None):
                 extract(self.strategy, self.net, self.info, split, path, self.batch_size)
             else:
                 LOG.info("feature cache: reusing the %s split's features from %s", split, path)
@@ -243,7 +244,7 @@ class FeatureCache:
         """The training features held in memory, read once per run, when every worker's share fits (a vote, so
         that all workers take the same path); otherwise None, and training reads them from the folder."""
         if not self._resident_decided:
-            arrays = _in_memory(_worker_folder(self.split_path("train"), self.worker_index, self.num_workers))
+            arrays = _in_memory(worker_folder(self.split_path("train"), self.worker_index, self.num_workers))
             if not self.votes.any_worker(arrays is None):
                 self._resident = Resident(self.strategy, arrays, self.worker_index, self.batch_size,
                                           self.num_workers)
@@ -253,7 +254,7 @@ class FeatureCache:
     def _describe(self) -> None:
         """info.json next to the splits: what the key stands for (for `python -m trainer.cache`)."""
         info = fileio.join(self.path, INFO)
-        if self.worker_index == 0 and not fileio.exists(info):
+        if self.worker_index == 0 and read_info(self.path) is None:
             fileio.write_bytes(info, json.dumps({**self.facts, "records": self.info.data_dir,
                                                  "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1).encode())
 
