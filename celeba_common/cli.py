@@ -13,9 +13,7 @@ from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
 
-
-class UserError(Exception):
-    """A problem with the user's input or environment, reported as one line without a traceback."""
+from celeba_common.errors import UserError  # noqa: F401 (entry points import it from here too)
 
 
 def passthrough_args(argv: Sequence[str]) -> List[str]:
@@ -140,11 +138,15 @@ def import_tensorflow_quietly() -> None:
                     sys.stderr.write(line)
 
 
-def import_tensorflow_for_remote(*paths: str) -> None:
+def import_tensorflow_for_remote(*paths: Optional[str], writes: Sequence[Optional[str]] = ()) -> None:
     """Imports TensorFlow quietly now when any path is remote: the trainer's processes reach gs:// through
-    TensorFlow's filesystems (fileio), so even their cheap checks of a remote path need it."""
-    if any("://" in path for path in paths):
+    TensorFlow's filesystems (fileio), so even their cheap checks of a remote path need it. Then checks, within
+    seconds, that Cloud Storage answers and that there are credentials to write `writes` (fileio.check_gcs)."""
+    if any(path and "://" in path for path in (*paths, *writes)):
         import_tensorflow_quietly()
+        from celeba_common import fileio
+
+        fileio.check_gcs([*paths, *writes], writes=writes)
 
 
 def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Callable[[], None]] = None,

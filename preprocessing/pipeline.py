@@ -397,6 +397,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     config.validate()
     beam_args = beam_compat.expand_runner_alias(beam_args)
     _check_runner(config, beam_args)
+    fileio.check_gcs([config.celeba_dir, config.output_dir], writes=[config.output_dir])
     sizes = splits.parse_split_sizes(config.split_sizes)
     _recover_interrupted_publish(config.output_dir)
     _check_output_dir(config.output_dir, config.overwrite, config.celeba_dir if config.source == "folder" else None)

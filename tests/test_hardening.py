@@ -361,3 +361,64 @@ def test_a_damaged_zip_entry_is_a_dead_letter_and_a_cut_zip_one_line(celeba_copy
         proc = _records_cli(celeba_copy, tmp_path / "cut")
         assert_one_line_error(proc, "img_align_celeba.zip is not a readable zip", "download it again")
         assert not (tmp_path / "cut").exists()
+
+
+@pytest.fixture
+def proxies():
+    """Two HTTPS proxies on 127.0.0.1 (test doubles for a network): one that lets every CONNECT through and then
+    closes, one that accepts connections and never answers; and a port where nothing listens."""
+    import socket
+    import threading
+
+    from conftest import free_port
+
+    servers = [socket.socket(), socket.socket()]
+    for server in servers:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+
+    def answer():
+        while True:
+            try:
+                conn, _ = servers[0].accept()
+            except OSError:
+                return
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    yield {name: f"http://127.0.0.1:{port}" for name, port in
+           (("answers", servers[0].getsockname()[1]), ("silent", servers[1].getsockname()[1]),
+            ("closed", free_port()))}
+    for server in servers:
+        server.close()
+
+
+def test_cloud_storage_out_of_reach_or_without_credentials_is_one_line_in_seconds(records_dir, proxies, tmp_path):
+    """Without the check each client retries first: Beam's for 120 s, TensorFlow's over 3 minutes (measured)."""
+    import time
+
+    no_credentials = {"CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "GCE_METADATA_HOST": "127.0.0.1:9",
+                      "GCE_METADATA_IP": "127.0.0.1:9", "GOOGLE_APPLICATION_CREDENTIALS": "",
+                      "STORAGE_EMULATOR_HOST": "", "GOOGLE_AUTH_TOKEN_FOR_TESTING": ""}
+    celeba = str(tmp_path / "celeba")  # never read: refused before
+    cases = [
+        (["-m", "trainer.main", "--data_dir=gs://b/records", f"--model_dir={tmp_path / 'm'}", *FAST],
+         "closed", ("cannot reach Cloud Storage for gs://b/records", "through the proxy", "Connection refused")),
+        (["-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}", *FAST,
+          "--feature_cache_dir=gs://b/features"], "silent", ("gs://b/features", "no answer in 10 s")),
+        (["-m", "preprocessing.build_records", f"--celeba_dir={celeba}", "--output_dir=gs://b/records"], "silent",
+         ("cannot reach Cloud Storage for gs://b/records", "no answer in 10 s")),
+        (["-m", "preprocessing.build_records", f"--celeba_dir={celeba}", "--output_dir=gs://b/records"], "answers",
+         ("no Google Cloud credentials to write gs://b/records", "gcloud auth application-default login")),
+        (["-m", "trainer.predict", f"--model_dir={tmp_path}", "--output=gs://b/p.csv", "x.jpg"], "answers",
+         ("no Google Cloud credentials to write gs://b/p.csv",)),
+        (["-m", "trainer.cache", "--feature_cache_dir=gs://b/features"], "closed", ("cannot reach Cloud Storage",)),
+    ]
+    for args, proxy, needles in cases:
+        start = time.time()
+        proc = run_cli(*args, env={**no_credentials, "HTTPS_PROXY": proxies[proxy], "https_proxy": ""}, timeout=90)
+        assert_one_line_error(proc, *needles)
+        assert time.time() - start < 45, (args, time.time() - start)
+    assert not os.path.exists(tmp_path / "m")

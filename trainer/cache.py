@@ -51,7 +51,8 @@ def main(argv: Sequence[str]) -> int:
         raise UserError(f"unexpected argument {argv[1]}")
     config = from_flags(CacheCommand)
     root = config.feature_cache_dir or default_feature_cache_dir()
-    import_tensorflow_for_remote(root)  # gs:// through tf.io.gfile, as the trainer that wrote it
+    # gs:// through tf.io.gfile, as the trainer that wrote it
+    import_tensorflow_for_remote(root, writes=(root,) if config.clear else ())
     found = entries(root)
     if config.clear:
         doomed = found if config.clear == "all" else [e for e in found if e["key"] == config.clear]

@@ -28,7 +28,7 @@ class EvaluateConfig:
 
 def run(config: EvaluateConfig) -> dict:
     """Evaluates model_dir's model on config.split; writes metrics_<split>.json; returns the metrics."""
-    import_tensorflow_for_remote(config.model_dir)
+    import_tensorflow_for_remote(writes=(config.model_dir,))
     data_dir = config.data_dir or trained_metrics(config.model_dir).get("data_dir")
     if not data_dir:
         raise UserError(f"pass --data_dir: {config.model_dir} does not say which data it was trained on")

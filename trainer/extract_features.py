@@ -24,7 +24,7 @@ def main(argv: Sequence[str]) -> int:
 
     config = config_from_flags()
     # a remote path: TensorFlow's own filesystem (tf.io.gfile) from the first check on, the only gs:// client here
-    import_tensorflow_for_remote(config.data_dir, config.model_dir, config.feature_cache_dir, config.weights)
+    import_tensorflow_for_remote(config.data_dir, config.model_dir, config.weights, writes=(config.feature_cache_dir,))
     config.validate()
     cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())
     check_data_folder(config.data_dir, config.batch_size)

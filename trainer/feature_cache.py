@@ -6,8 +6,9 @@ once; every later epoch trains the head on the saved features (tf.data.Dataset.s
 The cache is shared and content-addressed: --feature_cache_dir (default: config.default_feature_cache_dir())
 holds one folder per key, and the key is what determines the features (the shards' sha256, the backbone weights,
 pooling, precision; the seed only for random weights). Any run with the same key reuses them: another --lr,
---batch_size or head, every cell of a sweep. A worker's features are written into a temporary folder and renamed into place complete, so a
-half-written cache is never read, and of two runs extracting together the first rename wins and the other uses it.
+--batch_size or head, every cell of a sweep. A worker's features are written into a temporary folder and renamed
+into place complete, so a half-written cache is never read, and of two runs extracting together the first rename
+wins and the other uses it.
 The _DONE marker written last holds every file's size and sha256; each run checks them before using an entry, and
 a damaged one (a flipped byte, a cut file, a lost part) is computed again, never trusted (trainer/cache_layout.py).
 `python -m trainer.cache` lists and clears the cache.

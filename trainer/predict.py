@@ -115,7 +115,7 @@ def main(argv: Sequence[str]) -> int:
     from preprocessing.schema import CLASS_NAMES
 
     config = from_flags(PredictConfig)
-    import_tensorflow_for_remote(config.model_dir, *argv[1:])
+    import_tensorflow_for_remote(config.model_dir, *argv[1:], writes=(config.output,))
     paths = expand(argv[1:])
     if not paths:
         raise UserError(f"no files in {', '.join(argv[1:])}")
