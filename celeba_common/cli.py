@@ -60,6 +60,10 @@ def _parser(known_only: bool) -> Callable[[List[str]], List[str]]:
     return parse
 
 
+WORKER_NOISE = ("apache_beam.runners.common", "apache_beam.runners.worker.bundle_processor",
+                "apache_beam.runners.worker.sdk_worker", "apache_beam.runners.portability.fn_api_runner.fn_runner")
+
+
 class _DropNoise(logging.Filter):
     _NOISE = ("apitools not found", "Converting string literal type hint")
 
@@ -102,9 +106,7 @@ def quiet_logs() -> None:
     # re-logs what Beam's local worker processes say at start-up (no staging folder: expected locally)
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     # a failing bundle is logged with its traceback there, and then raised to the job, which reports it once
-    for worker in ("apache_beam.runners.common", "apache_beam.runners.worker.bundle_processor",
-                   "apache_beam.runners.worker.sdk_worker",
-                   "apache_beam.runners.portability.fn_api_runner.fn_runner"):
+    for worker in WORKER_NOISE:
         logging.getLogger(worker).setLevel(logging.CRITICAL)
 
 

@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from celeba_common import cli
+
 TESTED_BEAM_VERSIONS = ("2.60", "2.77")
 _LOCAL_RUNNERS = (None, "DirectRunner", "direct")
 # Runners whose options are registered only when their module is imported.
@@ -127,10 +129,13 @@ def _all_subclasses(cls) -> List[type]:
     return out
 
 
-def pipeline_options(beam_args: Sequence[str], big: bool) -> Tuple[PipelineOptions, Optional[object]]:
+def pipeline_options(beam_args: Sequence[str], big: bool,
+                     worker_log: Optional[str] = None) -> Tuple[PipelineOptions, Optional[object]]:
     """Beam options from the leftover flags, and the runner: None (Beam picks it from --runner) unless local.
 
-    Locally, a big job (`big`) runs one worker process per core unless --direct_* flags say otherwise.
+    Locally, a big job (`big`) runs one worker process per core unless --direct_* flags say otherwise; their
+    stderr goes to `worker_log` when given (Beam's worker prints the traceback of every failing bundle there, which
+    the job then reports once as one line).
     """
     options = PipelineOptions(list(beam_args))
     if options.view_as(StandardOptions).runner not in _LOCAL_RUNNERS:
@@ -150,9 +155,12 @@ def pipeline_options(beam_args: Sequence[str], big: bool) -> Tuple[PipelineOptio
     if direct.direct_running_mode == "multi_processing":  # worker processes: our progress, not Beam's chatter
         worker = options.view_as(WorkerOptions)
         worker.default_sdk_harness_log_level = worker.default_sdk_harness_log_level or "WARNING"
-        worker.sdk_harness_log_level_overrides = {"preprocessing": "INFO",
+        # a failing bundle is raised to the job, which reports it once as one line: not also each worker's
+        # traceback of it (the same loggers cli.quiet_logs mutes in this process)
+        muted = {name: "CRITICAL" for name in cli.WORKER_NOISE}
+        worker.sdk_harness_log_level_overrides = {"preprocessing": "INFO", **muted,
                                                   **(worker.sdk_harness_log_level_overrides or {})}
-        environment = _workers_ignoring_ctrl_c()
+        environment = _workers_ignoring_ctrl_c(worker_log)
         direct.direct_running_mode = None  # else FnApiRunner replaces our environment with its own
     # As DirectRunner does it, minus its Prism attempt: the options reach the worker processes too.
     provision = beam_provision_api_pb2.ProvisionInfo(
@@ -161,15 +169,17 @@ def pipeline_options(beam_args: Sequence[str], big: bool) -> Tuple[PipelineOptio
                                           provision_info=fn_runner.ExtendedProvisionInfo(provision))
 
 
-def _workers_ignoring_ctrl_c():
-    """Beam's multi_processing worker command, started with SIGINT ignored (kept so through exec and by Python)."""
+def _workers_ignoring_ctrl_c(log: Optional[str] = None):
+    """Beam's multi_processing worker command, started with SIGINT ignored (kept so through exec and by Python),
+    its stderr appended to `log` when given."""
     import shlex
     import sys
 
     from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
+    redirect = f" 2>>{shlex.quote(log)}" if log else ""
     return SubprocessSDKEnvironment.from_command_string(
-        f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main")
+        f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main{redirect}")
 
 
 @contextlib.contextmanager

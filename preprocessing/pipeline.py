@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
@@ -428,20 +429,36 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
         LOG.info("%d images listed; %d candidates for %s", len(rows), num_candidates,
                  ", ".join(f"{g.split}{'' if g.label is None else '/' + schema.CLASS_NAMES[g.label]}="
                            f"{g.target if g.target is not None else 'all'}" for g in groups))
-        options, runner = beam_compat.pipeline_options(beam_args, num_candidates >= 4 * CHUNK_SIZE)
-        try:
-            with beam_compat.stop_workers_on_ctrl_c(), beam.Pipeline(runner=runner, options=options) as p:
-                build_pipeline(p, groups, source, config, work_dir)
-        except Exception as e:  # noqa: BLE001  (runners wrap a worker's OSError in their own exception types)
-            environment = _environment_error(e)
-            if environment:
-                raise UserError(f"the records job failed: {environment}") from None
-            raise
+        _run_beam(groups, source, config, work_dir, beam_args, big=num_candidates >= 4 * CHUNK_SIZE)
         manifest = _finish(config, work_dir, source_info, start)
     finally:
         if fileio.exists(work_dir):
             fileio.delete_tree(work_dir)
     return manifest
+
+
+def _run_beam(groups, source, config: Config, work_dir: str, beam_args: Sequence[str], big: bool) -> None:
+    """Runs the Beam graph; an environment error in a worker (a full disk, a permission) becomes one UserError line.
+    Local worker processes write their stderr to a temporary log, kept and named in the error only if it has
+    more to say."""
+    handle, worker_log = tempfile.mkstemp(prefix="celeba-records-workers-", suffix=".log")
+    os.close(handle)
+    options, runner = beam_compat.pipeline_options(beam_args, big, worker_log)
+    succeeded = False
+    try:
+        with beam_compat.stop_workers_on_ctrl_c(), beam.Pipeline(runner=runner, options=options) as p:
+            build_pipeline(p, groups, source, config, work_dir)
+        succeeded = True
+    except Exception as e:  # noqa: BLE001  (runners wrap a worker's OSError in their own exception types)
+        environment = _environment_error(e)
+        if environment:
+            if os.path.getsize(worker_log):
+                raise UserError(f"the records job failed: {environment} (the workers' log: {worker_log})") from None
+            raise UserError(f"the records job failed: {environment}") from None
+        raise
+    finally:
+        if succeeded or not os.path.getsize(worker_log):  # after a success nothing in it is news
+            os.remove(worker_log)
 
 
 def _refuse_shortfall(selection: dict, errors: List[dict]) -> None:

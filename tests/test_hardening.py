@@ -122,6 +122,14 @@ def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(celeba_txt
                    "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2")
     assert_one_line_error(proc, "No space left on device")
     assert os.listdir(full_disk) == []  # no dataset, no .partial work folder
+    # two worker processes: each prints the failing bundle's traceback; they go to a log the error names
+    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
+                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", "--direct_num_workers=2",
+                   "--direct_running_mode=multi_processing")
+    line = assert_one_line_error(proc, "No space left on device", "the workers' log: ")
+    log = line.split("the workers' log: ")[1].rstrip(")")
+    assert "Traceback" in open(log).read() and os.listdir(full_disk) == []
+    os.remove(log)
     model_dir = full_disk / "run"
     proc = _train(records_dir, str(model_dir), "--epochs=1")
     assert_one_line_error(proc, "could not save a checkpoint", "No space left on device")
