@@ -430,3 +430,15 @@ def test_cloud_storage_out_of_reach_or_without_credentials_is_one_line_in_second
         assert_one_line_error(proc, *needles)
         assert time.time() - start < 45, (args, time.time() - start)
     assert not os.path.exists(tmp_path / "m")
+
+
+def test_a_failed_weights_download_names_its_cause_in_whole_words(records_dir, proxies, tmp_path):
+    """Keras' own message is `URL fetch failure on <80-character URL>: None -- <cause>`; cut at 160 characters, the
+    cause was lost mid-word (`[Errno -2] Na`)."""
+    proxy = {"HTTPS_PROXY": proxies["closed"], "https_proxy": proxies["closed"], "KERAS_HOME": str(tmp_path)}
+    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}", *FAST,
+                   "--weights=imagenet", env=proxy)
+    line = assert_one_line_error(proc, "could not download the VGG16 ImageNet weights ([Errno 111] Connection "
+                                       "refused); pass --weights=")
+    assert "URL fetch failure" not in line
+    assert not list((tmp_path / "models").glob("*"))  # no partial download left for the next run to trust

@@ -33,6 +33,17 @@ class VGGPreprocess(keras.layers.Layer):
         return input_shape
 
 
+def _download_failure(error: Exception, limit: int = 200) -> str:
+    """Why keras' download failed, whole words only: the cause after Keras' `URL fetch failure on URL: None --`
+    (the URL is the one the `Downloading data from` line just named)."""
+    text = " ".join(str(error).split())
+    if text.startswith("URL fetch failure") and " -- " in text:
+        text = text.split(" -- ", 1)[1]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text or type(error).__name__
+
+
 def _backbone(image_size: int, weights: str) -> keras.Model:
     kind = weights.lower()
     if kind not in ("imagenet", "none") and not os.path.exists(weights):
@@ -43,8 +54,8 @@ def _backbone(image_size: int, weights: str) -> keras.Model:
     except Exception as e:  # the download raises URLError/OSError/HTTPError/ValueError depending on the failure
         if kind != "imagenet":
             raise
-        reason = " ".join(str(e).split())[:160] or type(e).__name__
-        raise UserError(f"could not download the VGG16 ImageNet weights ({reason}); {WEIGHTS_HELP}") from None
+        raise UserError(f"could not download the VGG16 ImageNet weights ({_download_failure(e)}); "
+                        f"{WEIGHTS_HELP}") from None
     if kind not in ("imagenet", "none"):
         try:
             base.load_weights(weights)
