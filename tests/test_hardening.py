@@ -442,3 +442,48 @@ def test_a_failed_weights_download_names_its_cause_in_whole_words(records_dir, p
                                        "refused); pass --weights=")
     assert "URL fetch failure" not in line
     assert not list((tmp_path / "models").glob("*"))  # no partial download left for the next run to trust
+
+
+def test_a_second_trainer_in_a_run_folder_in_use_is_refused(records_dir, tmp_path):
+    """A real second process while the first trains; the lock dies with its holder (SIGKILL), so the rerun
+    resumes."""
+    model_dir = tmp_path / "m"
+    first = subprocess.Popen([sys.executable, "-m", "trainer.main", f"--data_dir={records_dir}",
+                              f"--model_dir={model_dir}", *FAST, "--epochs=20", "--noexport"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_checkpoint(str(model_dir), first), first.communicate()[1][-3000:]
+        second = _train(records_dir, str(model_dir), "--epochs=20", "--noexport")
+        assert_one_line_error(second, f"another trainer (host {os.uname().nodename}, pid {first.pid}",
+                              f"is training in {model_dir}")
+    finally:
+        first.kill()
+        first.wait()
+    resumed = _train(records_dir, str(model_dir), "--epochs=20", "--noexport")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_a_remote_run_folder_lease_refuses_a_live_holder_and_outlives_a_dead_one(tmp_path):
+    """The lease that guards gs:// run folders (no flock there), through fileio on a local folder, between real
+    processes; renewals every 0.4 s instead of 20 s."""
+    import time
+
+    holder_code = ("import sys, time; from trainer import runlock; runlock._lease(sys.argv[1], 0.4); "
+                   "print('held', flush=True); time.sleep(600)")
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    holder = subprocess.Popen([sys.executable, "-c", holder_code, folder], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        contender = run_cli("-c", "from celeba_common.cli import run_main; from trainer import runlock; "
+                            f"run_main(lambda argv: runlock._lease({folder!r}, 0.4))", timeout=60)
+        assert_one_line_error(contender, f"pid {holder.pid}", "renews its lease _RUNNING")
+    finally:
+        holder.kill()
+        holder.wait()
+    start = time.time()
+    taken = run_cli("-c", f"from trainer import runlock; runlock._lease({folder!r}, 0.4)", timeout=60)
+    assert taken.returncode == 0, taken.stderr
+    assert time.time() - start >= 1.2  # it watched the dead holder's lease for 3 renewals first
+    assert not os.path.exists(os.path.join(folder, "_RUNNING"))  # released at its exit

@@ -17,7 +17,7 @@ from absl import flags
 
 from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags
-from trainer import cluster
+from trainer import cluster, runlock
 from trainer.config import DEFAULT_MODEL_DIR, TrainConfig, check_data_folder
 
 
@@ -38,6 +38,8 @@ def main(argv: Sequence[str]) -> int:
     config.validate()  # before TensorFlow starts: bad flags and data folders fail in a second
     cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())
     check_data_folder(config.data_dir, config.batch_size)
+    if cluster.is_chief(cluster.tf_config()):
+        runlock.hold(config.model_dir)
     import_tensorflow_quietly()
     from trainer import distribute
 
