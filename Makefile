@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # and, when green, make constraints VENV=.venv-latest to record them.
 CONSTRAINTS ?= constraints.txt
 
-.PHONY: install demo test bench clean constraints
+.PHONY: install demo test check lint bench clean constraints
 
 $(BIN)/.installed: setup.py setup.cfg $(wildcard $(CONSTRAINTS))
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -24,6 +24,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n auto --dist loadfile
+
+# The fast layer: unit tests of the pure modules, the records' golden hashes and in-process model tests (<90 s).
+check: install
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python bench/bench_records.py

@@ -8,7 +8,8 @@ every replica), not a speed-up. Two pairs of runs on the same records:
   streaming   --feature_cache=off: every epoch runs VGG16 forward and the head's backward on every replica;
   extraction  --feature_cache=on: the first epoch's backbone pass over the train split (its own progress line).
 Images/s are the trainer's own figures: history.csv's training-step rate of the epochs after the first (the first
-traces), and the extraction's `N images in S s (R images/s after the first batch, which traces)` line. Target: N devices / 1 device >= 0.8 for both.
+traces), and the extraction's `N images in S s (R images/s after the first batch, which traces)` line.
+Target: N devices / 1 device >= 0.8 for both.
 The last line is a JSON object.
 """
 from __future__ import annotations

@@ -48,7 +48,6 @@ def _bare_loop(records: str, batch: int, epochs: int) -> float:
     import tensorflow as tf
 
     from trainer import data, feature_cache, model as model_lib
-
     from trainer.config import default_feature_cache_dir
 
     info = data.load(records, verify=False)
@@ -76,7 +75,7 @@ def _bare_loop(records: str, batch: int, epochs: int) -> float:
 
     steps_per_epoch = info.num_examples("train") // batch
     rng, rates = np.random.default_rng(1), []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         start, done = time.perf_counter(), 0
         order = tf.constant(rng.permutation(int(labels.shape[0]))[:steps_per_epoch * batch]
                             .reshape(steps_per_epoch, batch).astype(np.int32))

@@ -66,8 +66,9 @@ def main() -> None:
         figures[name] = {"images_per_sec": mean(float(r["images_per_sec"]) for r in later),
                          "epoch_seconds": mean(float(r["epoch_seconds"]) for r in later),
                          "first_epoch_seconds": float(rows[0]["epoch_seconds"]), "run_seconds": seconds}
-        print(f"{name:>15}: {figures[name]['images_per_sec']:8.1f} images/s, epoch {figures[name]['epoch_seconds']:.2f} s "
-              f"(first epoch {figures[name]['first_epoch_seconds']:.1f} s; whole run {seconds:.0f} s)")
+        row = figures[name]
+        print(f"{name:>15}: {row['images_per_sec']:8.1f} images/s, epoch {row['epoch_seconds']:.2f} s "
+              f"(first epoch {row['first_epoch_seconds']:.1f} s; whole run {seconds:.0f} s)")
     bf16_speedup = figures["mixed_bfloat16"]["images_per_sec"] / figures["float32"]["images_per_sec"]
     cache_speedup = figures["mixed_bfloat16"]["epoch_seconds"] / figures["feature_cache"]["epoch_seconds"]
     print(f"mixed_bfloat16 / float32 images/s: {bf16_speedup:.2f}x (target >= 1.5x)")

@@ -3,8 +3,8 @@ import glob
 import importlib.metadata
 import json
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,11 +15,12 @@ import tensorflow as tf
 from PIL import Image
 
 from celeba_common.cli import UserError
+from conftest import ROOT, assert_one_line_error, build, run_cli
 from preprocessing import celeba, manifest as manifest_lib, schema, tfrecord
 from preprocessing.synthetic_celeba import write_lists
 from preprocessing.transform import transform_image
 
-from conftest import ROOT, assert_one_line_error, build, run_cli
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 
 def _shard_digests(data_dir):

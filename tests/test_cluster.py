@@ -5,6 +5,8 @@ import pytest
 from celeba_common.cli import UserError
 from trainer import cluster
 
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
+
 SPEC = {"cluster": {"workerpool0": ["chief:2222"], "workerpool1": ["w0:2222", "w1:2222"]},
         "task": {"type": "workerpool1", "index": 1}}
 

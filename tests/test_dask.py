@@ -8,6 +8,8 @@ import pytest
 
 from conftest import ROOT, build, free_port, wait_for_port
 
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
+
 
 @pytest.fixture(scope="module")
 def dask_cluster():
@@ -47,7 +49,7 @@ def test_records_job_on_a_dask_cluster_matches_the_local_runner(dask_cluster, ce
     on_dask = manifest_lib.load_verified(out)
     local = build(celeba_txt, str(tmp_path / "local"), num_shards=2)
     assert on_dask["splits"] == local["splits"]  # sizes, counts and sha256 of every shard
-    for split, info in local["splits"].items():
+    for info in local["splits"].values():
         for shard in info["shards"]:
             assert open(os.path.join(out, shard["file"]), "rb").read() == \
                 open(os.path.join(tmp_path / "local", shard["file"]), "rb").read()

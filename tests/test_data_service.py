@@ -3,7 +3,11 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from conftest import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 
 def test_training_through_a_local_data_service_learns_and_says_so(learn_records, tmp_path):

@@ -9,7 +9,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from conftest import ROOT, assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 TRAINING_ONLY = ("tensorflow", "tensorflow-datasets", "tensorboard", "matplotlib", "keras")
 

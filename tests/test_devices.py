@@ -16,8 +16,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, assert_one_line_error, run_cli, wait_for_checkpoint
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 EXACT = ["--weights=none", "--batch_size=12", "--head_units=8", "--dropout=0", "--precision=float32", "--seed=3"]
 TOLERANCE = 1e-4

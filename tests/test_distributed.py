@@ -5,7 +5,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 
 def test_mirrored_two_devices_equals_one_device(records_dir):
@@ -114,8 +118,9 @@ def _latest_checkpoint_number(model_dir):
 
 
 def _start_cluster(cmd, model_dir, checkpoints_wanted, timeout=300):
-    import psutil
     import time
+
+    import psutil
 
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + timeout
@@ -156,7 +161,8 @@ def test_multi_worker_resume_after_sigkill_of_every_process(records_dir, tmp_pat
     worker1 = [line for line in out.splitlines() if line.startswith("[worker 1]")]
     assert worker1 and not [line for line in worker1 if "val_accuracy" in line or "model, metrics and plots" in line]
     # a clean end: every worker reaches the final barrier, so nobody reports the others as crashed
-    assert not [line for line in out.splitlines() if re.match(r"\[worker \d\] (E\d{4} |ERROR)", line) or "StartAbort" in line]
+    assert not [line for line in out.splitlines()
+                if re.match(r"\[worker \d\] (E\d{4} |ERROR)", line) or "StartAbort" in line]
 
 
 def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(records_dir, tmp_path):

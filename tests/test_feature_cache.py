@@ -1,7 +1,7 @@
 """The shared, content-addressed feature cache: reuse across runs, new keys for new inputs, atomic writes."""
 import csv
-import json
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from trainer import data, feature_cache, model as model_lib
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 FAST = ["--weights=none", "--epochs=1", "--head_units=8", "--noexport", "--precision=float32"]
 

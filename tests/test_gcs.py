@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, build, free_port, wait_for_port
 
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
+
 BUCKET = "records-test"
 
 

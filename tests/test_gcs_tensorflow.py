@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT, free_port
 
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
+
 BUCKET = "tf-test"
 RUN_TRAINER = ("import atexit, runpy, sys\n"
                "atexit.register(lambda: sys.stderr.write('gs:// clients loaded: %s\\n' % sorted(\n"

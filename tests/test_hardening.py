@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, build, run_cli, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
+
 FAST = ["--weights=none", "--batch_size=8", "--head_units=8", "--steps_per_epoch=3", "--feature_cache=off"]
 
 

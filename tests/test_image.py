@@ -20,6 +20,8 @@ import pytest
 
 from conftest import ROOT, free_port, wait_for_port
 
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
+
 DOCKERFILE = os.path.join(ROOT, "launch", "Dockerfile")
 
 

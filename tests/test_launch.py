@@ -3,9 +3,12 @@ import csv
 import json
 import os
 
+import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 VERTEX = ["-m", "launch.vertex", "--project=proj", "--region=europe-west4", "--image_uri=img:1",
           "--machine_type=a3-highgpu-8g", "--accelerator_type=NVIDIA_H100_80GB", "--accelerator_count=8"]

@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
 from conftest import run_cli
 from trainer import data
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 TOLERANCE = 0.02  # |p_male(served from bytes) - p_male(trainer.predict)|; measured max: see the assertion message
 

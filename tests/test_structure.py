@@ -128,3 +128,15 @@ def test_bad_flags_and_missing_files_fail_before_tensorflow_starts(tmp_path):
         assert proc.returncode == 2 and lines[-1].startswith("error: "), (module, args, proc.stderr[-500:])
         imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
         assert "tensorflow" not in imported and "keras" not in imported, (module, args, lines[-1])
+
+
+def test_the_fast_layer_starts_no_process():
+    """`make check` (pytest -m "not slow") stays a minute: a test module that starts processes or trains through the
+    CLIs is marked slow as a whole. This module's own quick CLI checks (help, flag errors) are the exception."""
+    unmarked = []
+    for path in sorted(pathlib.Path(ROOT, "tests").glob("test_*.py")):
+        text = path.read_text()
+        if path.name != "test_structure.py" and "pytestmark = pytest.mark.slow" not in text and \
+                any(call in text for call in ("run_cli(", "subprocess.", "Popen(")):
+            unmarked.append(path.name)
+    assert not unmarked, unmarked

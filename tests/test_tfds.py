@@ -4,11 +4,14 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from preprocessing import schema, tfds_metadata
 from trainer import data
+
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
 
 def test_tfds_opens_every_split_with_exact_counts_and_our_examples(learn_records):
@@ -24,7 +27,7 @@ def test_tfds_opens_every_split_with_exact_counts_and_our_examples(learn_records
     assert label.names == list(schema.CLASS_NAMES)
     images, labels, extras = list(data.make_dataset_fn(data.load(records_dir).files("test"), 32, 100, False,
                                                        with_extras=True)())[0]
-    ours = {f: (i, l, a) for f, i, l, a in zip(extras["filename"].numpy(), images.numpy(),
+    ours = {f: (i, y, a) for f, i, y, a in zip(extras["filename"].numpy(), images.numpy(),
                                                 np.argmax(labels.numpy(), -1), extras["attributes"].numpy())}
     theirs = list(tfds.as_numpy(builder.as_dataset(split="test")))
     assert sorted(t["image"]["filename"] for t in theirs) == sorted(ours)

@@ -26,7 +26,8 @@ def test_eval_is_complete_and_ordered(records_dir):
     make = data.make_dataset_fn(info.files("validation"), info.image_size, 7, training=False, with_extras=True)
     names = [n for _, _, extras in make() for n in extras["filename"].numpy()]
     assert len(names) == 20 and names == [n for _, _, e in make() for n in e["filename"].numpy()]
-    assert sorted(n.decode() for n in names) == open(os.path.join(records_dir, "splits", "validation.txt")).read().split()
+    listed = open(os.path.join(records_dir, "splits", "validation.txt")).read().split()
+    assert sorted(n.decode() for n in names) == listed
 
 
 def test_per_replica_batch_and_sharding(records_dir):

@@ -14,6 +14,8 @@ from PIL import Image
 
 from conftest import ROOT, assert_one_line_error, run_cli, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
+
 
 def _history(model_dir):
     with open(os.path.join(model_dir, "history.csv")) as f:
@@ -89,9 +91,9 @@ def test_predict_raw_files_agrees_with_records_and_saved_model(trained_run, lear
     proc = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", *paths, png)
     assert proc.returncode == 0, proc.stderr
     lines = [line.split("\t") for line in proc.stdout.strip().splitlines()]
-    assert [l[0] for l in lines] == paths + [png]
-    p_cli = np.array([float(l[2]) for l in lines])
-    assert all(l[1] == ("male" if float(l[2]) >= 0.5 else "female") for l in lines)
+    assert [row[0] for row in lines] == paths + [png]
+    p_cli = np.array([float(row[2]) for row in lines])
+    assert all(row[1] == ("male" if float(row[2]) >= 0.5 else "female") for row in lines)
     model = load_trained(model_dir)
     p_records = model.predict(images, verbose=0)[:, 1]
     np.testing.assert_allclose(p_cli[:6], p_records, atol=2e-3)

@@ -74,7 +74,7 @@ def test_dataflow_command_in_process():
 
 
 def test_summarize_history_and_best_cell():
-    history = [{"val_accuracy": a, "val_loss": l} for a, l in ((0.6, 0.9), (0.8, 0.5), (0.7, 0.6), (0.75, 0.55))]
+    history = [{"val_accuracy": a, "val_loss": loss} for a, loss in ((0.6, 0.9), (0.8, 0.5), (0.7, 0.6), (0.75, 0.55))]
     summary = sweep.summarize_history(history, converged_epochs=2)
     assert summary["val_accuracy_lowest"] == 0.6 and summary["val_loss_at_lowest"] == 0.9
     assert summary["val_accuracy_highest"] == 0.8 and summary["val_loss_at_highest"] == 0.5

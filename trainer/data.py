@@ -15,9 +15,9 @@ from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
-from preprocessing import manifest as manifest_lib, schema
 from celeba_common import fileio
 from celeba_common.cli import UserError
+from preprocessing import manifest as manifest_lib, schema
 from trainer.config import check_training_splits
 
 LOG = logging.getLogger("trainer")

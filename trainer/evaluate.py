@@ -35,8 +35,8 @@ def run(config: EvaluateConfig) -> dict:
     trained_model_file(config.model_dir)
     import_tensorflow_quietly()
     from trainer import data, distribute
-    from trainer.model import load_trained
     from trainer.evaluation import evaluate_model, save_evaluation
+    from trainer.model import load_trained
 
     distribute.split_cpu(config.num_cpu_devices)
     strategy = distribute.make_strategy("auto")

@@ -70,9 +70,9 @@ PART_EXAMPLES = 4096  # features are saved in parts of this many examples, so ex
 
 
 def _save_part(folder: str, index: int, features: List[np.ndarray], labels: List[np.ndarray]) -> int:
-    f, l = np.concatenate(features), np.concatenate(labels)
-    tf.data.Dataset.from_tensor_slices((f, l)).save(fileio.join(folder, f"part-{index:05d}"))
-    return len(l)
+    features_, labels_ = np.concatenate(features), np.concatenate(labels)
+    tf.data.Dataset.from_tensor_slices((features_, labels_)).save(fileio.join(folder, f"part-{index:05d}"))
+    return len(labels_)
 
 
 def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, split: str, path: str,

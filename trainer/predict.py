@@ -12,8 +12,8 @@ Files of any size and format go through the very transform the records job appli
 """
 from __future__ import annotations
 
-import dataclasses
 import csv
+import dataclasses
 import io
 from typing import Iterator, List, Optional, Sequence, Tuple
 

@@ -20,8 +20,18 @@ import keras
 import tensorflow as tf
 
 from celeba_common import fileio
-from trainer import (checkpoints, cluster, data, distribute, evaluation, feature_cache, fingerprint, loop,
-                     metrics as metrics_lib, model as model_lib)
+from trainer import (
+    checkpoints,
+    cluster,
+    data,
+    distribute,
+    evaluation,
+    feature_cache,
+    fingerprint,
+    loop,
+    metrics as metrics_lib,
+    model as model_lib,
+)
 from trainer.checkpoints import Preempted  # noqa: F401  (raised by train(); main catches it from here)
 from trainer.config import TrainConfig
 from trainer.steps import make_train_step
