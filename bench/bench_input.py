@@ -49,7 +49,7 @@ def _prepare_records(args, work: str):
 
 def _keras_folder(work: str, records: str, celeba: str) -> str:
     """The train split's source images as class folders (symlinks), for keras.utils.image_dataset_from_directory."""
-    from preprocessing import schema
+    from dataset_format import schema
 
     by_class = os.path.join(work, "by_class")
     if not os.path.isdir(by_class):
@@ -84,7 +84,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from preprocessing import schema
+    from dataset_format import schema
     from trainer import data
 
     info = data.load(records)

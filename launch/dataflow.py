@@ -5,11 +5,12 @@ Usage:
       [--machine_type=n2-standard-4] [--dry_run] -- --celeba_dir=gs://B/celeba --output_dir=gs://B/tfrecords/celeba \
       --split_sizes=all
 
-The workers get the records job alone: a wheel of celeba_common and preprocessing, built here at submit time and
-staged with Beam's --extra_package, that requires requirements/records.txt only (Pillow, OpenCV, google-crc32c,
-absl; Beam is the workers' own). No TensorFlow, TFDS, TensorBoard or matplotlib: about 10 MB to install on each
-worker instead of about 2 GB. Dataflow workers read and write gs:// paths only, so --celeba_dir, --output_dir and
---staging_location must be gs:// (or --source=tfds with a gs:// output).
+The workers get the records job alone: a wheel of celeba_common, dataset_format and preprocessing, built here at
+submit time and staged with Beam's --extra_package, that requires requirements/records.txt only (Pillow, OpenCV,
+google-crc32c, absl; Beam is the workers' own). No TensorFlow, TFDS, TensorBoard or matplotlib: 0.19 GB to install
+on each worker (measured: OpenCV 173 MB, Pillow 21 MB) instead of about 2.4 GB. Dataflow workers read and write
+gs:// paths only, so --celeba_dir, --output_dir and --staging_location must be gs:// (or --source=tfds with a gs://
+output).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from celeba_common.flagdefs import define_flags, from_flags, option
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_DISTRIBUTION = "celeba-records-worker"
-WORKER_PACKAGES = ("celeba_common", "preprocessing")
+WORKER_PACKAGES = ("celeba_common", "dataset_format", "preprocessing")
 WORKER_REQUIREMENTS = os.path.join("requirements", "records.txt")
 # Flags that launch.dataflow sets itself: given after the --, they are refused with the flag to use instead.
 OWN_BEAM_FLAGS = {"runner": None, "setup_file": None, "extra_package": None, "project": "--project",

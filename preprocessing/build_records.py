@@ -17,8 +17,8 @@ from preprocessing.config import Config
 
 
 def main(argv: Sequence[str]) -> int:
+    from dataset_format.manifest import summary
     from preprocessing import splits
-    from preprocessing.manifest import summary
     from preprocessing.pipeline import check_beam_args, run
 
     beam_args = list(argv[1:])

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing.schema import ATTRIBUTE_NAMES, LABEL_ATTRIBUTE
+from dataset_format.schema import ATTRIBUTE_NAMES, LABEL_ATTRIBUTE
 
 PARTITIONS = {0: "train", 1: "validation", 2: "test"}
 DOWNLOAD_HELP = (
@@ -218,7 +218,7 @@ class ImageSource:
 
     def read(self, name: str) -> bytes:
         """The file's bytes; FileNotFoundError when it is listed but absent."""
-        from preprocessing.transform import ImageError
+        from dataset_format.transform import ImageError
 
         if self.image_dir is not None:
             path = fileio.join(self.image_dir, name)

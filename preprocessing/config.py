@@ -7,8 +7,8 @@ from typing import Optional
 
 from celeba_common.cli import UserError
 from celeba_common.flagdefs import check_choices, option
+from dataset_format.transform import RESIZE_MODES
 from preprocessing.splits import DEFAULT_SPLIT_SIZES
-from preprocessing.transform import RESIZE_MODES
 
 DEFAULT_OUTPUT_DIR = os.path.join("tfrecords", "celeba")
 SOURCES = ("folder", "tfds")

@@ -15,7 +15,7 @@ from absl import flags
 
 from celeba_common import fileio
 from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
-from preprocessing import manifest as manifest_lib, schema, tfrecord
+from dataset_format import manifest as manifest_lib, schema, tfrecord
 
 FLAGS = flags.FLAGS
 

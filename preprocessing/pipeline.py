@@ -30,10 +30,11 @@ import apache_beam as beam
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing import beam_compat, celeba, schema, splits, tfds_metadata, tfrecord
+from dataset_format import schema, tfds_metadata, tfrecord
+from dataset_format.manifest import MANIFEST, SUCCESS, write_json
+from dataset_format.transform import ImageError, transform_image, use_one_thread
+from preprocessing import beam_compat, celeba, splits
 from preprocessing.config import Config
-from preprocessing.manifest import MANIFEST, SUCCESS, write_json
-from preprocessing.transform import ImageError, transform_image, use_one_thread
 
 LOG = logging.getLogger("preprocessing")
 TARGET_SHARD_BYTES = 150 * 1024 * 1024

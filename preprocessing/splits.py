@@ -13,8 +13,8 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 from celeba_common.cli import UserError
+from dataset_format.schema import CLASS_NAMES, SPLITS
 from preprocessing.celeba import Row
-from preprocessing.schema import CLASS_NAMES, SPLITS
 
 DEFAULT_SPLIT_SIZES = "24000,3000,3000"
 

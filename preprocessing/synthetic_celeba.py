@@ -21,7 +21,7 @@ from absl import flags
 from PIL import Image, ImageDraw
 
 from celeba_common.cli import UserError, run_main
-from preprocessing.schema import ATTRIBUTE_NAMES
+from dataset_format.schema import ATTRIBUTE_NAMES
 
 WIDTH, HEIGHT = 178, 218  # img_align_celeba's size
 PARTITION_SHARES = (0.814, 0.099)  # CelebA's train / validation shares; the rest is test

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing import celeba, schema, splits
+from dataset_format import schema
+from preprocessing import celeba, splits
 
 DATASET = "celeb_a"
 STAGING = ".source"

@@ -16,9 +16,10 @@ from PIL import Image
 
 from celeba_common.cli import UserError
 from conftest import ROOT, assert_one_line_error, build, run_cli
-from preprocessing import celeba, manifest as manifest_lib, schema, tfrecord
+from dataset_format import manifest as manifest_lib, schema, tfrecord
+from dataset_format.transform import transform_image
+from preprocessing import celeba
 from preprocessing.synthetic_celeba import write_lists
-from preprocessing.transform import transform_image
 
 pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 

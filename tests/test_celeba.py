@@ -5,8 +5,8 @@ import zipfile
 import pytest
 
 from celeba_common.cli import UserError
+from dataset_format.schema import ATTRIBUTE_NAMES
 from preprocessing import celeba
-from preprocessing.schema import ATTRIBUTE_NAMES
 from preprocessing.synthetic_celeba import write_lists
 
 

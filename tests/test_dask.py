@@ -44,7 +44,7 @@ def test_records_job_on_a_dask_cluster_matches_the_local_runner(dask_cluster, ce
                            "--runner=DaskRunner", f"--dask_client_address={dask_cluster}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from preprocessing import manifest as manifest_lib
+    from dataset_format import manifest as manifest_lib
 
     on_dask = manifest_lib.load_verified(out)
     local = build(celeba_txt, str(tmp_path / "local"), num_shards=2)

@@ -33,7 +33,7 @@ def test_the_workers_install_runs_the_records_job_without_tensorflow(celeba_txt,
         metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
         top = {n.split("/")[0] for n in z.namelist() if not n.split("/")[0].endswith(".dist-info")}
     required = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
-    assert top == {"celeba_common", "preprocessing"}
+    assert top == {"celeba_common", "dataset_format", "preprocessing"}
     assert not [r for r in required if re.split(r"[\[<>=; ]", r)[0].lower() in TRAINING_ONLY], required
 
     venv = str(tmp_path / "worker")

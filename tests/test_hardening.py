@@ -79,7 +79,7 @@ def test_manifest_claiming_more_records_than_the_shards_hold_is_refused(records_
 
 
 def test_prediction_uses_the_run_folders_transform_after_the_data_moves(celeba_txt, tmp_path):
-    from preprocessing.transform import transform_image
+    from dataset_format.transform import transform_image
 
     data_dir = str(tmp_path / "stretch")
     build(celeba_txt, data_dir, resize_mode="stretch")

@@ -117,8 +117,9 @@ def _run(image, *args, timeout=300):
 
 
 def test_the_image_holds_every_package_and_no_checkout(image):
-    proc = _run(image, "-c", "import celeba_common, preprocessing, trainer, launch, sys; "
-                             "print('\\n'.join(m.__file__ for m in (celeba_common, preprocessing, trainer, launch)))")
+    proc = _run(image, "-c", "import celeba_common, dataset_format, preprocessing, trainer, launch, sys; "
+                             "print('\\n'.join(m.__file__ for m in (celeba_common, dataset_format, preprocessing, "
+                             "trainer, launch)))")
     assert proc.returncode == 0, proc.stderr[-2000:]
     venv = os.path.dirname(os.path.dirname(image[0]))
     for path in proc.stdout.split():

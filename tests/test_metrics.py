@@ -2,7 +2,7 @@ import itertools
 
 import numpy as np
 
-from preprocessing.schema import ATTRIBUTE_NAMES
+from dataset_format.schema import ATTRIBUTE_NAMES
 from trainer.metrics import classification_metrics, roc_auc
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from preprocessing import schema
+from dataset_format import schema
 
 
 def _example(label=1, attrs=None, name="000042.jpg"):

@@ -3,9 +3,9 @@ import hashlib
 import pytest
 
 from celeba_common.cli import UserError
+from dataset_format.schema import ATTRIBUTE_NAMES
 from preprocessing import splits
 from preprocessing.celeba import Row
-from preprocessing.schema import ATTRIBUTE_NAMES
 
 MALE = ATTRIBUTE_NAMES.index("Male")
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from preprocessing import schema, tfds_metadata
+from dataset_format import schema, tfds_metadata
 from trainer import data
 
 pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not

@@ -76,7 +76,7 @@ def test_evaluate_reproduces_test_metrics(trained_run):
 def test_predict_raw_files_agrees_with_records_and_saved_model(trained_run, learn_records, tmp_path):
     import tensorflow as tf
 
-    from preprocessing import schema
+    from dataset_format import schema
     from trainer.model import load_trained
 
     model_dir, _ = trained_run

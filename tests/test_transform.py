@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocessing.transform import ImageError, transform_image
+from dataset_format.transform import ImageError, transform_image
 
 
 def _encode(image: Image.Image, fmt: str = "JPEG") -> bytes:

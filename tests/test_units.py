@@ -142,7 +142,7 @@ def test_launchers_check_what_would_fail_only_in_the_cloud():
 def test_small_inputs_that_used_to_end_in_a_traceback(tmp_path):
     import json
 
-    from preprocessing.manifest import write_json
+    from dataset_format.manifest import write_json
     from preprocessing.pipeline import check_beam_args
     from preprocessing.splits import parse_split_sizes
 

@@ -164,7 +164,7 @@ def check_data_folder(data_dir: str, batch_size: int) -> None:
     folder is checked there only (its filesystem is TensorFlow's)."""
     if fileio.is_remote(data_dir):
         return
-    from preprocessing.manifest import read_manifest
+    from dataset_format.manifest import read_manifest
 
     check_training_splits(read_manifest(data_dir), data_dir, batch_size)
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing import manifest as manifest_lib, schema
+from dataset_format import manifest as manifest_lib, schema
 from trainer.config import check_training_splits
 
 LOG = logging.getLogger("trainer")
@@ -81,7 +81,7 @@ def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetIn
 def _check_image_size(info: DatasetInfo) -> None:
     """UserError when the first train record's image is not the manifest's size (an edited manifest): the input
     pipeline would fail on it in its first step, with a TensorFlow traceback."""
-    from preprocessing import tfrecord
+    from dataset_format import tfrecord
 
     with fileio.open_read(info.files("train")[0]) as handle:
         first = next(tfrecord.iter_records(handle), None)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
-from preprocessing.schema import SPLITS
+from dataset_format.schema import SPLITS
 from trainer.config import DEFAULT_MODEL_DIR, trained_metrics, trained_model_file
 
 

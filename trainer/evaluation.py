@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing.manifest import write_json
+from dataset_format.manifest import write_json
 from trainer import data, feature_cache, metrics as metrics_lib, model as model_lib, serving
 from trainer.config import trained_metrics
 from trainer.steps import evaluate_distributed, gather_predictions, make_evaluate

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from celeba_common import fileio
-from preprocessing.schema import ATTRIBUTE_NAMES, CLASS_NAMES
+from dataset_format.schema import ATTRIBUTE_NAMES, CLASS_NAMES
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

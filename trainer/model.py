@@ -13,7 +13,7 @@ import keras
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing.schema import CLASS_NAMES
+from dataset_format.schema import CLASS_NAMES
 from trainer.config import POOLINGS, WEIGHTS_HELP, trained_model_file
 
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)

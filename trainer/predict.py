@@ -8,7 +8,7 @@ Each argument is a file, a folder (its files, recursively) or a glob pattern. Pr
 `male` or `female`, and P(male); a file that cannot be predicted gets `error` and the reason in its line, the others
 go on, and the exit status is non-zero then. --output also writes the rows as CSV (file, class, p_male, error).
 Files of any size and format go through the very transform the records job applied to the training images
-(preprocessing.transform.transform_image), with the settings recorded in the run folder.
+(dataset_format.transform.transform_image), with the settings recorded in the run folder.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def prepare_one(path: str, image_size: int, resize_mode: str = "crop", jpeg_qual
     ImageError (or OSError) says why it cannot."""
     import tensorflow as tf
 
-    from preprocessing.transform import ImageError, transform_image
+    from dataset_format.transform import ImageError, transform_image
 
     if not fileio.exists(path):
         raise ImageError("no such file")
@@ -70,7 +70,7 @@ def predict_files(model, paths: Sequence[str], transform: dict,
     number of files (CelebA's 202,599 images at 224 px would be about 30 GB at once)."""
     import numpy as np
 
-    from preprocessing.transform import ImageError
+    from dataset_format.transform import ImageError
 
     image_size = model.input_shape[1]
     for start in range(0, len(paths), batch_size):
@@ -112,7 +112,7 @@ def _transform_of(model_dir: str) -> dict:
 def main(argv: Sequence[str]) -> int:
     if len(argv) < 2:
         raise UserError("no image files given: python -m trainer.predict --model_dir=M FILE|FOLDER|GLOB...")
-    from preprocessing.schema import CLASS_NAMES
+    from dataset_format.schema import CLASS_NAMES
 
     config = from_flags(PredictConfig)
     import_tensorflow_for_remote(config.model_dir, *argv[1:], writes=(config.output,))

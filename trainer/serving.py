@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from preprocessing import schema
+from dataset_format import schema
 
 
 def _decode(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -35,7 +35,7 @@ def _decode(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def transform(encoded: tf.Tensor, image_size: int, resize_mode: str, jpeg_quality: int = 95) -> tf.Tensor:
-    """One encoded image (string scalar) -> uint8 [S, S, 3], as preprocessing.transform does it, in TF ops: decode,
+    """One encoded image (string scalar) -> uint8 [S, S, 3], as dataset_format.transform does it, in TF ops: decode,
     crop / pad / stretch, resize, and the records' JPEG re-encode at jpeg_quality."""
     image = _decode(encoded, image_size)
     height, width = tf.shape(image)[0], tf.shape(image)[1]

@@ -18,7 +18,7 @@ import json
 from typing import Dict
 
 from celeba_common import fileio
-from preprocessing import schema, tfrecord
+from dataset_format import schema, tfrecord
 
 TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 LABELS_FILE = "image-class-label.labels.txt"

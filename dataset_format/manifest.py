@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
-from preprocessing import schema, tfrecord
+from dataset_format import schema, tfrecord
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
