@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 from celeba_common import fileio
 from celeba_common.cli import UserError
 from dataset_format import schema, tfrecord
+from dataset_format.transform import Transform
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
@@ -50,7 +51,17 @@ def read_manifest(data_dir: str) -> dict:
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
         raise UserError(f"{data_dir}: record schema version {manifest.get('schema_version')} is not the "
                         f"supported version {schema.SCHEMA_VERSION}")
+    try:
+        Transform.from_dict(manifest)
+    except ValueError as e:
+        raise UserError(f"{fileio.join(data_dir, MANIFEST)} is damaged (its image transform: {e}); rebuild with "
+                        f"python -m preprocessing.build_records --overwrite") from None
     return manifest
+
+
+def transform_of(manifest: dict) -> Transform:
+    """The image transform the records were made with (read_manifest has checked it)."""
+    return Transform.from_dict(manifest)
 
 
 def _well_formed(manifest) -> bool:
@@ -138,7 +149,8 @@ def load_verified(data_dir: str, splits: Optional[List[str]] = None, check_hashe
 
 def summary(manifest: dict, output_dir: str) -> str:
     """The human-readable summary the records job prints at the end."""
-    lines = [f"Dataset {output_dir} ({manifest['image_size']}x{manifest['image_size']} {manifest['resize_mode']}):"]
+    transform = transform_of(manifest)
+    lines = [f"Dataset {output_dir} ({transform.image_size}x{transform.image_size} {transform.resize_mode}):"]
     total_bytes = total_shards = total = 0
     for split in schema.SPLITS:
         if split not in manifest["splits"]:

@@ -19,6 +19,7 @@ from typing import Dict
 
 from celeba_common import fileio
 from dataset_format import schema, tfrecord
+from dataset_format.transform import Transform
 
 TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 LABELS_FILE = "image-class-label.labels.txt"
@@ -68,7 +69,7 @@ def files(manifest: dict) -> Dict[str, bytes]:
     """File name -> content of the TFDS metadata of a dataset."""
     dump = lambda obj: json.dumps(obj, indent=4, sort_keys=True).encode()  # noqa: E731
     return {"dataset_info.json": dump(dataset_info_json(manifest)),
-            "features.json": dump(features_json(int(manifest["image_size"]))),
+            "features.json": dump(features_json(Transform.from_dict(manifest).image_size)),
             LABELS_FILE: ("\n".join(schema.CLASS_NAMES) + "\n").encode()}
 
 

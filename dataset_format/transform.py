@@ -1,20 +1,23 @@
 """The image transform, defined once: raw file bytes -> square RGB JPEG of the training size.
 
 The records job applies it to every CelebA image and trainer/predict.py applies it to every file it is asked
-about, so a model never sees a different crop, resize or JPEG re-encode at serving time than in training.
+about, so a model never sees a different crop, resize or JPEG re-encode at serving time than in training. Its
+settings are one frozen value, `Transform`, written whole to the manifest and to the run folder's run.json and
+passed whole to the records job's workers, the trainer's export (serving) and predict.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
+from typing import Mapping
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
 RESIZE_MODES = ("crop", "pad", "stretch")
-DEFAULT_IMAGE_SIZE = 224
-DEFAULT_JPEG_QUALITY = 95
+IMAGE_SIZES = (16, 4096)  # the smallest and largest side the records job writes
 
 
 def use_one_thread() -> None:
@@ -82,10 +85,48 @@ def resize_square(image: Image.Image, size: int, mode: str = "crop") -> Image.Im
     raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
 
 
-def transform_image(data: bytes, image_size: int = DEFAULT_IMAGE_SIZE, resize_mode: str = "crop",
-                    jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
-    """Raw image bytes -> JPEG bytes of an image_size x image_size RGB image. Raises ImageError on bad input."""
-    image = resize_square(decode_rgb(data, image_size), image_size, resize_mode)
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=jpeg_quality)
-    return out.getvalue()
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """What turns a raw image into a training image: the square's side, how the square is cut, the JPEG quality
+    the records store. The defaults here are the only ones (the records job's flags take theirs from it)."""
+    image_size: int = 224
+    resize_mode: str = "crop"
+    jpeg_quality: int = 95
+
+    def __post_init__(self):
+        if type(self.image_size) is not int or not IMAGE_SIZES[0] <= self.image_size <= IMAGE_SIZES[1]:
+            raise ValueError(f"image_size {self.image_size!r}: expected a whole number of pixels from "
+                             f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode {self.resize_mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+        if type(self.jpeg_quality) is not int or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality {self.jpeg_quality!r}: expected a whole number from 1 to 100")
+
+    def apply(self, data: bytes) -> bytes:
+        """Raw image bytes -> JPEG bytes of an image_size x image_size RGB image. Raises ImageError on bad input."""
+        image = resize_square(decode_rgb(data, self.image_size), self.image_size, self.resize_mode)
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=self.jpeg_quality)
+        return out.getvalue()
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "Transform":
+        """The Transform a manifest or run.json records (their other keys ignored); ValueError when a field is
+        missing or wrong."""
+        if not isinstance(values, Mapping):
+            raise ValueError("not a JSON object")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+    def describe(self) -> str:
+        return f"{self.image_size}x{self.image_size} {self.resize_mode}, JPEG quality {self.jpeg_quality}"
+
+
+def transform_image(data: bytes, transform: Transform = Transform()) -> bytes:
+    """transform.apply(data): the function the records job and predict call."""
+    return transform.apply(data)

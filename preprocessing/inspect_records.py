@@ -80,9 +80,10 @@ def main(argv: Sequence[str]) -> int:
         records = tfrecord.read_records(fileio.join(data_dir, first), FLAGS.samples)
         import_tensorflow_quietly()  # decode_record decodes as the trainer does
         sheet = FLAGS.sheet or fileio.join(data_dir, "contact_sheet.png")
-        size = manifest["image_size"]
+        transform = manifest_lib.transform_of(manifest)
         title = (f"{data_dir}: {FLAGS.split} split, the first {len(records)} of {info['num_examples']} images "
-                 f"({size}x{size}, {manifest.get('resize_mode', 'crop')}); label and file name under each")
+                 f"({transform.image_size}x{transform.image_size}, {transform.resize_mode}); label and file name "
+                 f"under each")
         contact_sheet([decode_record(r) for r in records], sheet, title)
         print(f"contact sheet of {len(records)} {FLAGS.split} images: {sheet}")
     print(f"all {sum(len(i['shards']) for i in manifest['splits'].values())} shards match the manifest")

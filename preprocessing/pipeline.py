@@ -32,7 +32,7 @@ from celeba_common import fileio
 from celeba_common.cli import UserError
 from dataset_format import schema, tfds_metadata, tfrecord
 from dataset_format.manifest import MANIFEST, SUCCESS, write_json
-from dataset_format.transform import ImageError, transform_image, use_one_thread
+from dataset_format.transform import ImageError, Transform, use_one_thread
 from preprocessing import beam_compat, celeba, splits
 from preprocessing.config import Config
 
@@ -111,10 +111,9 @@ class TransformChunk(beam.DoFn):
     (one output with two element types rather than tagged outputs, which not every runner separates: Dask's).
     """
 
-    def __init__(self, source: celeba.ImageSource, candidates_path: str, chunk_dir: str, image_size: int,
-                 resize_mode: str, jpeg_quality: int):
+    def __init__(self, source: celeba.ImageSource, candidates_path: str, chunk_dir: str, transform: Transform):
         self.source, self.candidates_path, self.chunk_dir = source, candidates_path, chunk_dir
-        self.image_size, self.resize_mode, self.jpeg_quality = image_size, resize_mode, jpeg_quality
+        self.transform = transform
         self.images = beam.metrics.Metrics.counter("records", "images_transformed")
         self.failed = beam.metrics.Metrics.counter("records", "images_left_out")
 
@@ -137,13 +136,14 @@ class TransformChunk(beam.DoFn):
                     yield self._dead_letter(name, "read", str(e))
                     continue
                 try:
-                    jpeg = transform_image(data, self.image_size, self.resize_mode, self.jpeg_quality)
+                    jpeg = self.transform.apply(data)
                 except ImageError as e:
                     yield self._dead_letter(name, "decode", str(e))
                     continue
                 bits = [int(c) for c in attributes]
                 label = bits[_LABEL_INDEX]
-                record = schema.encode_example(jpeg, self.image_size, self.image_size, name, label, bits)
+                size = self.transform.image_size
+                record = schema.encode_example(jpeg, size, size, name, label, bits)
                 out.write(record)
                 yield Located(group, position, chunk_id, offset, len(record), label, name)
                 offset += len(record)
@@ -284,8 +284,7 @@ def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: cel
     transformed = (
         p
         | "CreateChunks" >> beam.Create(list(range(len(chunks))), reshuffle=True)
-        | "TransformChunks" >> beam.ParDo(TransformChunk(source, candidates_path, chunk_dir, config.image_size,
-                                                         config.resize_mode, config.jpeg_quality)))
+        | "TransformChunks" >> beam.ParDo(TransformChunk(source, candidates_path, chunk_dir, config.transform)))
     _ = (transformed
          | "DeadLetters" >> beam.Filter(_is_instance, DeadLetter)
          | "CollectErrors" >> beam.combiners.ToList()
@@ -560,9 +559,8 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
     seconds = time.time() - start
     total = sum(s["num_examples"] for s in split_info.values())
     manifest = {
-        "schema_version": schema.SCHEMA_VERSION, "name": config.name,
-        "image_size": config.image_size, "image_format": "jpeg", "resize_mode": config.resize_mode,
-        "jpeg_quality": config.jpeg_quality, "label": schema.LABEL_ATTRIBUTE, "class_names": list(schema.CLASS_NAMES),
+        "schema_version": schema.SCHEMA_VERSION, "name": config.name, **config.transform.as_dict(),
+        "image_format": "jpeg", "label": schema.LABEL_ATTRIBUTE, "class_names": list(schema.CLASS_NAMES),
         "attribute_names": list(schema.ATTRIBUTE_NAMES), "feature_keys": {
             "image": schema.IMAGE_KEY, "label": schema.LABEL_KEY, "filename": schema.FILENAME_KEY,
             "attributes": schema.ATTRIBUTES_KEY},

@@ -17,7 +17,7 @@ from PIL import Image
 from celeba_common.cli import UserError
 from conftest import ROOT, assert_one_line_error, build, run_cli
 from dataset_format import manifest as manifest_lib, schema, tfrecord
-from dataset_format.transform import transform_image
+from dataset_format.transform import Transform, transform_image
 from preprocessing import celeba
 from preprocessing.synthetic_celeba import write_lists
 
@@ -75,7 +75,7 @@ def test_record_image_and_label_come_from_the_same_file(records_dir, celeba_txt)
         assert int(record[schema.LABEL_KEY]) == row.label
         assert list(record[schema.ATTRIBUTES_KEY].numpy()) == [1 if a == 1 else 0 for a in row.attributes]
         with open(os.path.join(layout.image_dir, name), "rb") as f:
-            assert record[schema.IMAGE_KEY].numpy() == transform_image(f.read(), 32)
+            assert record[schema.IMAGE_KEY].numpy() == transform_image(f.read(), Transform(32))
 
 
 def test_reproducible_across_runs_and_runners_but_not_seeds(records_dir, celeba_txt, tmp_path):

@@ -79,7 +79,7 @@ def test_manifest_claiming_more_records_than_the_shards_hold_is_refused(records_
 
 
 def test_prediction_uses_the_run_folders_transform_after_the_data_moves(celeba_txt, tmp_path):
-    from dataset_format.transform import transform_image
+    from dataset_format.transform import Transform, transform_image
 
     data_dir = str(tmp_path / "stretch")
     build(celeba_txt, data_dir, resize_mode="stretch")
@@ -96,7 +96,7 @@ def test_prediction_uses_the_run_folders_transform_after_the_data_moves(celeba_t
 
     model = load_trained(model_dir)
     raw = open(image, "rb").read()
-    p = {mode: float(model.predict(tf.io.decode_jpeg(transform_image(raw, 32, mode))[None], verbose=0)[0, 1])
+    p = {mode: float(model.predict(tf.io.decode_jpeg(transform_image(raw, Transform(32, mode)))[None], verbose=0)[0, 1])
          for mode in ("stretch", "crop")}
     assert abs(p_cli - p["stretch"]) < 1e-3 and not np.isclose(p["stretch"], p["crop"], atol=1e-4), (p_cli, p)
     # evaluating it on records of the same size but another crop would be silently wrong: refused
@@ -265,11 +265,13 @@ def test_the_fingerprint_lives_in_the_checkpoints(records_dir, tmp_path):
 
 
 def test_manifests_of_the_wrong_shape_are_one_line(records_dir, tmp_path):
-    """`[]`, no splits, or a shard named /dev/zero (which inspect and the trainer would hash forever)."""
+    """`[]`, no splits, a shard named /dev/zero (which inspect and the trainer would hash forever), an image
+    transform no records job writes."""
     manifest = json.load(open(os.path.join(records_dir, "manifest.json")))
     zero = json.loads(json.dumps(manifest))
     zero["splits"]["train"]["shards"][0]["file"] = "/dev/zero"
-    for i, damaged in enumerate(([], {"schema_version": manifest["schema_version"]}, zero)):
+    zoom = {**manifest, "resize_mode": "zoom"}
+    for i, damaged in enumerate(([], {"schema_version": manifest["schema_version"]}, zero, zoom)):
         copy = tmp_path / f"copy{i}"
         shutil.copytree(records_dir, copy)
         (copy / "manifest.json").write_text(json.dumps(damaged))

@@ -18,6 +18,7 @@ import tensorflow as tf
 from celeba_common import fileio
 from celeba_common.cli import UserError
 from dataset_format import manifest as manifest_lib, schema
+from dataset_format.transform import Transform
 from trainer.config import check_training_splits
 
 LOG = logging.getLogger("trainer")
@@ -30,8 +31,13 @@ class DatasetInfo:
     manifest: dict
 
     @property
+    def transform(self) -> Transform:
+        """The image transform the records were made with: what serving and predict apply to a raw image."""
+        return manifest_lib.transform_of(self.manifest)
+
+    @property
     def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+        return self.transform.image_size
 
     def files(self, split: str) -> List[str]:
         return manifest_lib.shard_paths(self.data_dir, self.manifest, split)

@@ -49,12 +49,12 @@ def run(config: EvaluateConfig) -> dict:
     expected = model.input_shape[1]
     if expected != info.image_size:
         raise UserError(f"the model takes {expected} px images but {data_dir} holds {info.image_size} px images")
-    from trainer.fingerprint import trained_transform, transform_of
+    from trainer.fingerprint import trained_transform
 
     trained = trained_transform(config.model_dir)
-    if trained and trained != transform_of(info):  # same size, another crop or JPEG quality: wrong, not failing
+    if trained and trained != info.transform:  # same size, another crop or JPEG quality: wrong, not failing
         raise UserError(f"the model was trained on records made with {_describe(trained)}, but {data_dir} holds "
-                        f"records made with {_describe(transform_of(info))}")
+                        f"records made with {_describe(info.transform)}")
     result = evaluate_model(model, info, config.split, config.batch_size, strategy)
     result["replicas"] = strategy.num_replicas_in_sync
     result["data_dir"] = data_dir
@@ -62,8 +62,8 @@ def run(config: EvaluateConfig) -> dict:
     return result
 
 
-def _describe(transform: dict) -> str:
-    return ", ".join(f"{key}={transform[key]}" for key in sorted(transform))
+def _describe(transform) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(transform.as_dict().items()))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -70,12 +70,11 @@ class Validation:
 def run_facts(config, info: data.DatasetInfo, strategy, policy: str, best_epoch) -> Dict:
     """What metrics.json says about the run besides the metrics."""
     from trainer import distribute
-    from trainer.fingerprint import transform_of
 
     return {"best_epoch": best_epoch, "precision": policy, "strategy": distribute.strategy_name(strategy),
             "replicas": strategy.num_replicas_in_sync, "flags": jsonable(dataclasses.asdict(config)),
             "image_size": info.image_size, "data_dir": config.data_dir,
-            "transform": transform_of(info)}
+            "transform": info.transform.as_dict()}
 
 
 def outputs_written(config) -> bool:
@@ -125,8 +124,7 @@ def export(net: keras.Model, model_dir: str, info: data.DatasetInfo) -> None:
             fileio.write_bytes(keras_tmp, fileio.read_bytes(local))
         else:
             net.save(keras_tmp)
-        serving.export(net, export_tmp, info.image_size, info.manifest.get("resize_mode", "crop"),
-                       int(info.manifest.get("jpeg_quality", 95)))
+        serving.export(net, export_tmp, info.transform)
         if not remote:
             os.replace(keras_tmp, keras_path)
             if fileio.exists(export_dir):

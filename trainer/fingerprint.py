@@ -13,6 +13,7 @@ from typing import Optional
 
 from celeba_common import fileio
 from celeba_common.cli import UserError
+from dataset_format.transform import Transform
 from trainer import data
 from trainer.config import TrainConfig
 
@@ -24,14 +25,9 @@ def weights_id(weights: str) -> str:
     return weights.lower() if weights.lower() in ("imagenet", "none") else f"sha256:{fileio.sha256_file(weights)}"
 
 
-def transform_of(info: data.DatasetInfo) -> dict:
-    """The records job's transform settings: what prediction must apply to a raw image for this model."""
-    return {key: info.manifest[key] for key in ("image_size", "resize_mode", "jpeg_quality")}
-
-
 def fingerprint(config: TrainConfig, info: data.DatasetInfo, policy: str) -> dict:
     manifest = json.dumps(info.manifest["splits"], sort_keys=True).encode()
-    return {"records": hashlib.sha256(manifest).hexdigest()[:16], **transform_of(info),
+    return {"records": hashlib.sha256(manifest).hexdigest()[:16], **info.transform.as_dict(),
             "weights": weights_id(config.weights), "head_units": list(config.head_units), "dropout": config.dropout,
             "pooling": config.pooling, "fine_tune_from": config.fine_tune_from, "precision": policy,
             "lr": config.lr, "fine_tune_lr": config.fine_tune_lr, "batch_size": config.batch_size,
@@ -51,12 +47,19 @@ def read_run(model_dir: str) -> Optional[dict]:
     return record
 
 
-def trained_transform(model_dir: str) -> Optional[dict]:
-    """The records job's transform settings the run's model was trained with, from the run folder itself (run.json,
-    or metrics.json): never from the data folder, which may have moved since. None when neither says."""
+def trained_transform(model_dir: str) -> Optional[Transform]:
+    """The image transform the run's model was trained with, from the run folder itself (run.json, or
+    metrics.json): never from the data folder, which may have moved since. None when neither says."""
     from trainer.config import trained_metrics
 
-    return (read_run(model_dir) or {}).get("transform") or trained_metrics(model_dir).get("transform")
+    recorded = (read_run(model_dir) or {}).get("transform") or trained_metrics(model_dir).get("transform")
+    if not recorded:
+        return None
+    try:
+        return Transform.from_dict(recorded)
+    except ValueError as e:
+        raise UserError(f"{model_dir} records a damaged image transform ({e}); retrain it with python -m "
+                        f"trainer.main --fresh") from None
 
 
 def run_file_ok(model_dir: str) -> bool:
@@ -85,7 +88,7 @@ def check_resume(model_dir: str, current: dict, stored: Optional[dict] = None) -
 
 def write_run(model_dir: str, current: dict, info: data.DatasetInfo) -> None:
     """run.json: the fingerprint, and the transform prediction needs (so it never depends on the data folder)."""
-    record = {"fingerprint": current, "transform": transform_of(info), "data_dir": info.data_dir}
+    record = {"fingerprint": current, "transform": info.transform.as_dict(), "data_dir": info.data_dir}
     fileio.write_bytes(fileio.join(model_dir, RUN_FILE), (json.dumps(record, indent=2) + "\n").encode())
 
 

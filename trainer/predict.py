@@ -8,7 +8,7 @@ Each argument is a file, a folder (its files, recursively) or a glob pattern. Pr
 `male` or `female`, and P(male); a file that cannot be predicted gets `error` and the reason in its line, the others
 go on, and the exit status is non-zero then. --output also writes the rows as CSV (file, class, p_male, error).
 Files of any size and format go through the very transform the records job applied to the training images
-(dataset_format.transform.transform_image), with the settings recorded in the run folder.
+(dataset_format.transform.Transform.apply), with the Transform recorded in the run folder.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from celeba_common import fileio
 from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
 from celeba_common.flagdefs import define_flags, from_flags, option
+from dataset_format.transform import Transform
 from trainer.config import DEFAULT_MODEL_DIR, trained_model_file
 
 
@@ -44,12 +45,12 @@ def expand(arguments: Sequence[str]) -> List[str]:
     return paths
 
 
-def prepare_one(path: str, image_size: int, resize_mode: str = "crop", jpeg_quality: int = 95):
+def prepare_one(path: str, transform: Transform):
     """One raw file -> uint8 array [S, S, 3]: the records job's transform, then the trainer's JPEG decode.
     ImageError (or OSError) says why it cannot."""
     import tensorflow as tf
 
-    from dataset_format.transform import ImageError, transform_image
+    from dataset_format.transform import ImageError
 
     if not fileio.exists(path):
         raise ImageError("no such file")
@@ -59,11 +60,11 @@ def prepare_one(path: str, image_size: int, resize_mode: str = "crop", jpeg_qual
         raw = fileio.read_regular(path)
     except ValueError as e:  # a FIFO, /dev/zero, an 8 GB file: this row's error, no hang
         raise ImageError(str(e)) from None
-    jpeg = transform_image(raw, image_size, resize_mode, jpeg_quality)
+    jpeg = transform.apply(raw)
     return tf.io.decode_jpeg(jpeg, channels=3).numpy()  # as trainer/data.py decodes records
 
 
-def predict_files(model, paths: Sequence[str], transform: dict,
+def predict_files(model, paths: Sequence[str], transform: Transform,
                   batch_size: int = 32) -> Iterator[Tuple[Optional[float], Optional[str]]]:
     """(P(male), None) for each file that could be read, (None, reason) for each that could not, in order. Streams:
     a batch of files is read, predicted and yielded before the next is read, so memory holds one batch whatever the
@@ -72,13 +73,12 @@ def predict_files(model, paths: Sequence[str], transform: dict,
 
     from dataset_format.transform import ImageError
 
-    image_size = model.input_shape[1]
     for start in range(0, len(paths), batch_size):
         results: List[Tuple[Optional[float], Optional[str]]] = []
         images, rows = [], []
         for path in paths[start:start + batch_size]:
             try:
-                images.append(prepare_one(path, image_size, transform["resize_mode"], transform["jpeg_quality"]))
+                images.append(prepare_one(path, transform))
                 rows.append(len(results))
                 results.append((None, None))
             except (ImageError, OSError) as e:
@@ -98,14 +98,17 @@ def write_csv(path: str, rows: Sequence[Tuple[str, str, str, str]]) -> None:
     fileio.write_bytes(path, out.getvalue().encode())
 
 
-def _transform_of(model_dir: str) -> dict:
-    """fingerprint.trained_transform, or UserError when the run folder does not say."""
+def _transform_of(model_dir: str, model) -> Transform:
+    """fingerprint.trained_transform, or UserError when the run folder does not say or disagrees with its model."""
     from trainer.fingerprint import trained_transform
 
     transform = trained_transform(model_dir)
     if not transform:
         raise UserError(f"{model_dir} does not say which image transform its model was trained with (no run.json; "
                         f"trained by an older version): retrain it with python -m trainer.main")
+    if model.input_shape[1] != transform.image_size:
+        raise UserError(f"{model_dir}: the model takes {model.input_shape[1]} px images but the run folder says it "
+                        f"was trained on {transform.describe()}; retrain it with python -m trainer.main --fresh")
     return transform
 
 
@@ -125,7 +128,7 @@ def main(argv: Sequence[str]) -> int:
 
     model = load_trained(config.model_dir)
     rows = []
-    for path, (p_male, error) in zip(paths, predict_files(model, paths, _transform_of(config.model_dir),
+    for path, (p_male, error) in zip(paths, predict_files(model, paths, _transform_of(config.model_dir, model),
                                                           config.batch_size)):
         row = (path, "error", "", error) if error else (path, CLASS_NAMES[int(p_male >= 0.5)], f"{p_male:.4f}", "")
         rows.append(row)

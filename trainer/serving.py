@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from dataset_format import schema
+from dataset_format.transform import Transform
 
 
 def _decode(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -34,9 +35,10 @@ def _decode(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
                                            [None, None, 3]))
 
 
-def transform(encoded: tf.Tensor, image_size: int, resize_mode: str, jpeg_quality: int = 95) -> tf.Tensor:
+def transform(encoded: tf.Tensor, settings: Transform) -> tf.Tensor:
     """One encoded image (string scalar) -> uint8 [S, S, 3], as dataset_format.transform does it, in TF ops: decode,
-    crop / pad / stretch, resize, and the records' JPEG re-encode at jpeg_quality."""
+    crop / pad / stretch, resize, and the records' JPEG re-encode at their quality."""
+    image_size, resize_mode = settings.image_size, settings.resize_mode
     image = _decode(encoded, image_size)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     if resize_mode == "crop":
@@ -50,7 +52,7 @@ def transform(encoded: tf.Tensor, image_size: int, resize_mode: str, jpeg_qualit
                           lambda: tf.image.resize(image, [image_size, image_size], method="area"),
                           lambda: tf.image.resize(image, [image_size, image_size], method="bilinear"))
     square = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-    return tf.io.decode_jpeg(tf.io.encode_jpeg(square, quality=jpeg_quality), channels=3)
+    return tf.io.decode_jpeg(tf.io.encode_jpeg(square, quality=settings.jpeg_quality), channels=3)
 
 
 def _outputs(net: keras.Model, images: tf.Tensor) -> dict:
@@ -59,13 +61,15 @@ def _outputs(net: keras.Model, images: tf.Tensor) -> dict:
     return {"probabilities": probs, "class": tf.gather(names, tf.argmax(probs, axis=-1)), "p_male": probs[:, 1]}
 
 
-def export(net: keras.Model, export_dir: str, image_size: int, resize_mode: str, jpeg_quality: int = 95) -> None:
-    """Writes the SavedModel with both signatures (keras.export.ExportArchive)."""
+def export(net: keras.Model, export_dir: str, settings: Transform) -> None:
+    """Writes the SavedModel with both signatures (keras.export.ExportArchive); serving_default applies `settings`
+    to raw image bytes."""
     archive = keras.export.ExportArchive()
     archive.track(net)
+    image_size = settings.image_size
 
     def from_bytes(image_bytes):
-        images = tf.map_fn(lambda b: transform(b, image_size, resize_mode, jpeg_quality), image_bytes,
+        images = tf.map_fn(lambda b: transform(b, settings), image_bytes,
                            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
         return _outputs(net, images)
 
