@@ -28,12 +28,19 @@ from celeba_common.cli import UserError
 _MISSING = dataclasses.MISSING
 
 
+RESUME_RULES = ("fixed", "free")
+
+
 def option(default: Any = _MISSING, help: str = "", *, choices: Optional[Sequence[str]] = None,
            lower_bound: Optional[float] = None, upper_bound: Optional[float] = None,
-           flag_default: Any = _MISSING) -> Any:
-    """A dataclass field that is also a command-line flag. flag_default: the flag's default when it differs."""
+           flag_default: Any = _MISSING, resume: Optional[str] = None) -> Any:
+    """A dataclass field that is also a command-line flag. flag_default: the flag's default when it differs.
+    resume (for settings of a run that can be resumed): "fixed" when a checkpoint means something else with
+    another value (a resume that changes it is refused), "free" when it may change between a stop and a resume."""
+    if resume is not None and resume not in RESUME_RULES:
+        raise ValueError(f"resume={resume!r}: expected one of {RESUME_RULES}")
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "lower_bound": lower_bound,
-                "upper_bound": upper_bound, "flag_default": flag_default}
+                "upper_bound": upper_bound, "flag_default": flag_default, "resume": resume}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -97,6 +104,11 @@ def from_flags(cls: Type, flag_values: flags.FlagValues = flags.FLAGS, **overrid
         values[field.name] = value
     values.update(overrides)
     return cls(**values)
+
+
+def fields_with(cls: Type, key: str, value: Any) -> Tuple[str, ...]:
+    """The names of the `option` fields of `cls` whose metadata `key` is `value` (e.g. resume="fixed")."""
+    return tuple(field.name for field, _ in _flag_fields(cls) if field.metadata.get(key) == value)
 
 
 def check_choices(config: Any) -> None:

@@ -1,10 +1,13 @@
 """In-process unit tests of helpers that used to be reachable only through subprocesses: flags declared on
 dataclasses, the launch helpers and the precision choice."""
+import os
+
 import pytest
 from absl import flags
 
 from celeba_common.cli import UserError
 from celeba_common.flagdefs import check_choices, define_flags, from_flags
+from conftest import ROOT
 from launch import dataflow, sweep, vertex
 from trainer.config import TrainConfig
 
@@ -156,3 +159,33 @@ def test_small_inputs_that_used_to_end_in_a_traceback(tmp_path):
     with pytest.raises(UserError, match="--split_sizes"):
         parse_split_sizes("\u0662\u0664,3,3")  # Arabic-Indic digits: int() reads them, a list file never has them
     assert parse_split_sizes("24, 3,3") == {"train": 24, "validation": 3, "test": 3}
+
+
+def test_the_readmes_resume_lists_are_the_configs():
+    """README.md's "refused" and "may change on resume" lists are the resume="fixed" / "free" fields of TrainConfig,
+    from which the fingerprint is made."""
+    import re
+
+    from trainer.config import resume_rules
+
+    text = " ".join(open(os.path.join(ROOT, "README.md")).read().split())
+    refused = re.search(r"A resume that changes the records .*? or any of (.*?) is refused", text).group(1)
+    free = re.search(r"What may change on resume: (.*?)\. ", text).group(1)
+    fixed_names, free_names = resume_rules()
+    assert sorted(re.findall(r"`--(\w+)`", refused)) == sorted(fixed_names)
+    assert sorted(re.findall(r"`--(\w+)`", free)) == sorted(free_names)
+
+
+def test_the_fingerprint_keeps_the_keys_saved_checkpoints_hold():
+    """Derived from the config now; the keys and value forms stay those of the checkpoints written before, so their
+    resumes are still checked (and still accepted when nothing changed)."""
+    from trainer.data import DatasetInfo
+    from trainer.fingerprint import fingerprint
+
+    manifest = {"image_size": 32, "resize_mode": "crop", "jpeg_quality": 95, "splits": {"train": {}}}
+    config = TrainConfig(weights="none", head_units=(8, 4))
+    found = fingerprint(config, DatasetInfo("d", manifest), "float32")
+    assert sorted(found) == sorted([
+        "records", "image_size", "resize_mode", "jpeg_quality", "weights", "head_units", "dropout", "pooling",
+        "fine_tune_from", "precision", "lr", "fine_tune_lr", "batch_size", "seed", "shuffle_buffer", "augment"])
+    assert found["head_units"] == [8, 4] and found["weights"] == "none" and found["precision"] == "float32"

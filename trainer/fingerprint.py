@@ -1,9 +1,9 @@
 """The run folder's identity (run.json): what a checkpoint in it was trained on and with. A resume with other data,
 another model shape, precision or optimization setting would silently mix two runs, so it is refused instead.
 
-Settings that may change on resume (they do not change what the checkpoint means): --epochs, --fine_tune_epochs,
---steps_per_epoch, --checkpoint_steps, --feature_cache, --cache, --strategy, --cross_device_ops, --num_cpu_devices,
---verify_data, --export, --restore_best, --reevaluate, --cluster_wait. Everything in `fingerprint` below may not.
+The fingerprint is the records' content, their image transform, and every TrainConfig field declared with
+resume="fixed" (trainer/config.py); the fields declared resume="free" may change on resume (config.resume_rules;
+README.md lists them, and tests/test_units.py keeps that list equal to them).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from celeba_common import fileio
 from celeba_common.cli import UserError
 from dataset_format.transform import Transform
 from trainer import data
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, resume_rules
 
 RUN_FILE = "run.json"
 
@@ -26,12 +26,14 @@ def weights_id(weights: str) -> str:
 
 
 def fingerprint(config: TrainConfig, info: data.DatasetInfo, policy: str) -> dict:
+    """What the run's checkpoints mean: the records' content and transform, and the resume="fixed" settings (the
+    weights as their content's id, the precision as the policy `auto` resolved to)."""
+    fixed, _ = resume_rules()
+    settings = {name: list(value) if isinstance(value, tuple) else value
+                for name, value in ((name, getattr(config, name)) for name in fixed)}
     manifest = json.dumps(info.manifest["splits"], sort_keys=True).encode()
-    return {"records": hashlib.sha256(manifest).hexdigest()[:16], **info.transform.as_dict(),
-            "weights": weights_id(config.weights), "head_units": list(config.head_units), "dropout": config.dropout,
-            "pooling": config.pooling, "fine_tune_from": config.fine_tune_from, "precision": policy,
-            "lr": config.lr, "fine_tune_lr": config.fine_tune_lr, "batch_size": config.batch_size,
-            "seed": config.seed, "shuffle_buffer": config.shuffle_buffer, "augment": config.augment}
+    return {"records": hashlib.sha256(manifest).hexdigest()[:16], **info.transform.as_dict(), **settings,
+            "weights": weights_id(config.weights), "precision": policy}
 
 
 def read_run(model_dir: str) -> Optional[dict]:
