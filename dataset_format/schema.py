@@ -1,14 +1,16 @@
 """The record format, defined once: feature keys, how an Example is written, and how it is parsed.
 
 The writer (the Beam job), the reader (trainer/data.py), the inspector and the tests all import this module;
-no other file spells a feature key.
+no other file spells a feature key. The features are declared once, in FEATURES; the encoder, the parse spec and
+the TFDS feature connectors (tfds_metadata.features_json) are all derived from that declaration.
 
 `encode_example` writes the tf.train.Example protobuf wire format directly (a handful of varints), so the Beam
 workers never import TensorFlow (about 4 s per worker process). The tests check that TensorFlow parses it.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import dataclasses
+from typing import Dict, Optional, Sequence
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +36,28 @@ ATTRIBUTE_NAMES = (
 )
 
 SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One feature of a record: its key ('/' nests it in TFDS), its value type, how many values every record holds,
+    the TFDS connector that reads it (image, text, scalar, class_label, tensor), and a parse default if optional."""
+    key: str
+    dtype: str  # "bytes" or "int64"
+    tfds: str
+    length: int = 1
+    default: Optional[bytes] = None
+
+
+FEATURES = (
+    Feature(IMAGE_KEY, "bytes", "image"),
+    Feature(FORMAT_KEY, "bytes", "text", default=b"jpeg"),
+    Feature(HEIGHT_KEY, "int64", "scalar"),
+    Feature(WIDTH_KEY, "int64", "scalar"),
+    Feature(FILENAME_KEY, "bytes", "text"),
+    Feature(LABEL_KEY, "int64", "class_label"),
+    Feature(ATTRIBUTES_KEY, "int64", "tensor", length=len(ATTRIBUTE_NAMES)),
+)
 
 
 def shard_name(name: str, split: str, index: int, num_shards: int) -> str:
@@ -91,34 +115,33 @@ def _example(features: Dict[str, bytes]) -> bytes:
 def encode_example(image_jpeg: bytes, height: int, width: int, filename: str, label: int,
                    attributes: Sequence[int]) -> bytes:
     """Serialized tf.train.Example for one image; attributes are 0/1 in ATTRIBUTE_NAMES order."""
-    if len(attributes) != len(ATTRIBUTE_NAMES):
-        raise ValueError(f"expected {len(ATTRIBUTE_NAMES)} attributes, got {len(attributes)}")
-    return _example({
-        IMAGE_KEY: _bytes_feature([image_jpeg]),
-        FORMAT_KEY: _bytes_feature([b"jpeg"]),
-        HEIGHT_KEY: _int64_feature([height]),
-        WIDTH_KEY: _int64_feature([width]),
-        FILENAME_KEY: _bytes_feature([filename.encode()]),
-        LABEL_KEY: _int64_feature([label]),
-        ATTRIBUTES_KEY: _int64_feature(attributes),
-    })
+    return encode_features({IMAGE_KEY: [image_jpeg], FORMAT_KEY: [b"jpeg"], HEIGHT_KEY: [height],
+                            WIDTH_KEY: [width], FILENAME_KEY: [filename.encode()], LABEL_KEY: [label],
+                            ATTRIBUTES_KEY: list(attributes)})
+
+
+def encode_features(values: Dict[str, Sequence]) -> bytes:
+    """Serialized tf.train.Example of the values of every feature in FEATURES (ValueError for a missing key or a
+    wrong number of values)."""
+    encoded = {}
+    for feature in FEATURES:
+        given = values.get(feature.key)
+        if given is None or len(given) != feature.length:
+            count = "none" if given is None else len(given)
+            raise ValueError(f"{feature.key}: expected {feature.length} values, got {count}")
+        encoded[feature.key] = _bytes_feature(given) if feature.dtype == "bytes" else _int64_feature(given)
+    return _example(encoded)
 
 
 # --- reading (TensorFlow side) --------------------------------------------------------------------------------
 
 def feature_spec() -> dict:
-    """The tf.io.parse_example spec of a record."""
+    """The tf.io.parse_example spec of a record, from FEATURES."""
     import tensorflow as tf
 
-    return {
-        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-        FORMAT_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b"jpeg"),
-        HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
-        WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
-        FILENAME_KEY: tf.io.FixedLenFeature([], tf.string),
-        LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-        ATTRIBUTES_KEY: tf.io.FixedLenFeature([len(ATTRIBUTE_NAMES)], tf.int64),
-    }
+    return {f.key: tf.io.FixedLenFeature([f.length] if f.length > 1 else [],
+                                         tf.string if f.dtype == "bytes" else tf.int64, default_value=f.default)
+            for f in FEATURES}
 
 
 def parse_example(serialized):

@@ -36,21 +36,39 @@ def _dict(features: dict) -> dict:
     return {"featuresDict": {"features": features}, "pythonClassName": _TFDS + "features_dict.FeaturesDict"}
 
 
+def _connector(feature: schema.Feature, image_size: int) -> dict:
+    """The TFDS feature connector JSON of one declared feature."""
+    if feature.tfds == "image":
+        return {"image": {"dtype": "uint8", "encodingFormat": "jpeg",
+                          "shape": {"dimensions": [str(image_size), str(image_size), "3"]}},
+                "pythonClassName": _TFDS + "image_feature.Image"}
+    if feature.tfds == "text":
+        return {"pythonClassName": _TFDS + "text_feature.Text", "text": {}}
+    if feature.tfds == "scalar":
+        return {"pythonClassName": _TFDS + "scalar.Scalar", "tensor": _tensor(feature.dtype)}
+    if feature.tfds == "class_label":
+        return {"classLabel": {"numClasses": str(len(schema.CLASS_NAMES))},
+                "pythonClassName": _TFDS + "class_label_feature.ClassLabel"}
+    if feature.tfds == "tensor":
+        return {"pythonClassName": _TFDS + "tensor_feature.Tensor", "tensor": _tensor(feature.dtype, (feature.length,))}
+    raise ValueError(f"{feature.key}: no TFDS connector {feature.tfds!r}")
+
+
 def features_json(image_size: int) -> dict:
-    """features.json: the record keys of schema.py as TFDS feature connectors."""
-    assert (schema.IMAGE_KEY, schema.LABEL_KEY, schema.ATTRIBUTES_KEY) == \
-        ("image/encoded", "image/class/label", "image/attributes")  # the nesting below spells these keys
-    text = {"pythonClassName": _TFDS + "text_feature.Text", "text": {}}
-    scalar = {"pythonClassName": _TFDS + "scalar.Scalar", "tensor": _tensor("int64")}
-    return _dict({"image": _dict({
-        "attributes": {"pythonClassName": _TFDS + "tensor_feature.Tensor",
-                       "tensor": _tensor("int64", (len(schema.ATTRIBUTE_NAMES),))},
-        "class": _dict({"label": {"classLabel": {"numClasses": str(len(schema.CLASS_NAMES))},
-                                  "pythonClassName": _TFDS + "class_label_feature.ClassLabel"}}),
-        "encoded": {"image": {"dtype": "uint8", "encodingFormat": "jpeg",
-                              "shape": {"dimensions": [str(image_size), str(image_size), "3"]}},
-                    "pythonClassName": _TFDS + "image_feature.Image"},
-        "filename": text, "format": text, "height": scalar, "width": scalar})})
+    """features.json, from schema.FEATURES: each record key's connector, nested along its '/'-separated parts as
+    TFDS nests them (image/class/label -> image > class > label)."""
+    tree: dict = {}
+    for feature in schema.FEATURES:
+        *parents, leaf = feature.key.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _connector(feature, image_size)
+
+    def wrap(node: dict) -> dict:
+        return _dict({name: wrap(child) if "pythonClassName" not in child else child for name, child in node.items()})
+
+    return wrap(tree)
 
 
 def dataset_info_json(manifest: dict) -> dict:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from dataset_format import schema
@@ -49,3 +50,19 @@ def test_attribute_count_checked():
 
 def test_shard_name_matches_tfds_convention():
     assert schema.shard_name("celeba", "train", 3, 16) == "celeba-train.tfrecord-00003-of-00016"
+
+
+def test_the_parse_spec_and_the_tfds_features_come_from_the_one_declaration():
+    from dataset_format.tfds_metadata import features_json
+
+    assert sorted(schema.feature_spec()) == sorted(f.key for f in schema.FEATURES)
+    tfds = features_json(32)
+    for feature in schema.FEATURES:
+        node = tfds
+        for part in feature.key.split("/"):
+            node = node["featuresDict"]["features"][part]
+        assert node["pythonClassName"].split(".")[-1].lower().replace("_", "") in \
+            {"image": "image", "text": "text", "scalar": "scalar", "class_label": "classlabel",
+             "tensor": "tensor"}[feature.tfds]
+    with pytest.raises(ValueError, match="image/attributes: expected 40 values, got 39"):
+        schema.encode_example(b"jpeg", 32, 32, "a.jpg", 1, [0] * 39)
