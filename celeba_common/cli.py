@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
 
-from celeba_common.errors import UserError  # noqa: F401 (entry points import it from here too)
+from celeba_common.errors import UserError
 
 
 def passthrough_args(argv: Sequence[str]) -> List[str]:

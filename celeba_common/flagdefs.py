@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Type
 
 from absl import flags
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 
 _MISSING = dataclasses.MISSING
 

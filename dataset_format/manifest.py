@@ -7,7 +7,7 @@ import os
 from typing import Dict, List, Optional
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format import schema, tfrecord
 from dataset_format.transform import Transform
 

@@ -24,7 +24,8 @@ import sys
 import time
 from typing import List, Sequence, Tuple
 
-from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
+from celeba_common.cli import import_tensorflow_quietly, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags, option
 from launch.local_cluster import die_with_parent, free_ports, stop_processes
 

@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import List, Optional
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import option
 
 # Vertex AI's prebuilt TensorFlow prediction containers (us-docker.pkg.dev/vertex-ai/prediction/...).

@@ -22,7 +22,8 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
-from celeba_common.cli import UserError, passthrough_args, run_main
+from celeba_common.cli import passthrough_args, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags, option
 
 

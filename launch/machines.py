@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 
 # accelerator -> GPU counts an N1 machine takes
 N1_GPUS: Dict[str, Tuple[int, ...]] = {

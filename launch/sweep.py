@@ -29,7 +29,8 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, passthrough_args, run_main
+from celeba_common.cli import passthrough_args, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags, option
 from launch import vertex as vertex_lib
 from trainer.metrics import read_history

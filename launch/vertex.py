@@ -26,7 +26,8 @@ import shlex
 import sys
 from typing import Dict, Optional, Sequence, Tuple
 
-from celeba_common.cli import UserError, passthrough_args, run_main
+from celeba_common.cli import passthrough_args, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags, option
 from launch import machines
 

@@ -14,7 +14,7 @@ import zlib
 from typing import Dict, List, Optional, Tuple
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format.schema import ATTRIBUTE_NAMES, LABEL_ATTRIBUTE
 
 PARTITIONS = {0: "train", 1: "validation", 2: "test"}

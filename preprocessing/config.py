@@ -5,7 +5,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import check_choices, option
 from dataset_format.transform import IMAGE_SIZES, RESIZE_MODES, Transform
 from preprocessing.splits import DEFAULT_SPLIT_SIZES

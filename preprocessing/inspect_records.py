@@ -14,7 +14,8 @@ from typing import Sequence, Tuple
 from absl import flags
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, import_tensorflow_quietly, run_main
+from celeba_common.cli import import_tensorflow_quietly, run_main
+from celeba_common.errors import UserError
 from dataset_format import manifest as manifest_lib, schema, tfrecord
 
 FLAGS = flags.FLAGS

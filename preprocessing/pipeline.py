@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
 import apache_beam as beam
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format import schema, tfds_metadata, tfrecord
 from dataset_format.manifest import MANIFEST, SUCCESS, write_json
 from dataset_format.transform import ImageError, Transform, use_one_thread

@@ -12,7 +12,7 @@ import hashlib
 import math
 from typing import Dict, List, Optional, Sequence
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format.schema import CLASS_NAMES, SPLITS
 from preprocessing.celeba import Row
 

@@ -20,7 +20,8 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw
 
-from celeba_common.cli import UserError, run_main
+from celeba_common.cli import run_main
+from celeba_common.errors import UserError
 from dataset_format.schema import ATTRIBUTE_NAMES
 
 WIDTH, HEIGHT = 178, 218  # img_align_celeba's size

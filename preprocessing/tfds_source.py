@@ -10,7 +10,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format import schema
 from preprocessing import celeba, splits
 

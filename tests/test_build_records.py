@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from conftest import ROOT, assert_one_line_error, build, run_cli
 from dataset_format import manifest as manifest_lib, schema, tfrecord
 from dataset_format.transform import Transform, transform_image

@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format.schema import ATTRIBUTE_NAMES
 from preprocessing import celeba
 from preprocessing.synthetic_celeba import write_lists

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from trainer import cluster
 
 pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not

@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format.schema import ATTRIBUTE_NAMES
 from preprocessing import splits
 from preprocessing.celeba import Row

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from trainer import data
 
 

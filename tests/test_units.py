@@ -5,7 +5,7 @@ import os
 import pytest
 from absl import flags
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import check_choices, define_flags, from_flags
 from conftest import ROOT
 from launch import dataflow, sweep, vertex

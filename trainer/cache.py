@@ -11,7 +11,8 @@ import dataclasses
 from typing import Dict, List, Sequence
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, import_tensorflow_for_remote, run_main
+from celeba_common.cli import import_tensorflow_for_remote, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags, option
 from trainer.cache_layout import KEY, read_info
 from trainer.config import default_feature_cache_dir

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple
 import tensorflow as tf
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 
 LOG = logging.getLogger("trainer")
 

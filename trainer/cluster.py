@@ -9,7 +9,7 @@ import json
 import os
 from typing import Optional, Tuple
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 
 _POOL_TO_TASK = {"workerpool0": "chief", "workerpool1": "worker", "workerpool2": "ps"}
 # launch.vertex puts a tf.data service in pool 3 (its first replica also runs the dispatcher): not a TF task.

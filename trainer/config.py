@@ -14,7 +14,7 @@ import re
 from typing import Optional, Tuple
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import check_choices, fields_with, option
 
 DEFAULT_DATA_DIR = os.path.join("tfrecords", "celeba")

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 import tensorflow as tf
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format import manifest as manifest_lib, schema
 from dataset_format.transform import Transform
 from trainer.config import check_training_splits

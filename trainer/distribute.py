@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Tuple
 
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from trainer import cluster
 from trainer.config import CROSS_DEVICE_OPS, PRECISIONS, STRATEGIES
 

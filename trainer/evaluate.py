@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.cli import import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags, option
 from dataset_format.schema import SPLITS
 from trainer.config import DEFAULT_MODEL_DIR, trained_metrics, trained_model_file

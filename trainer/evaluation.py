@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format.manifest import write_json
 from trainer import data, feature_cache, metrics as metrics_lib, model as model_lib, serving
 from trainer.config import trained_metrics

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.cli import import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags
 from trainer import cluster
 from trainer.config import TrainConfig, check_data_folder

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from trainer import data, distribute, metrics as metrics_lib, model as model_lib
 from trainer.cache_layout import DONE, INFO, damage, inventory, read_info, worker_folder
 from trainer.config import default_feature_cache_dir

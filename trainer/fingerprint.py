@@ -12,7 +12,7 @@ import json
 from typing import Optional
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format.transform import Transform
 from trainer import data
 from trainer.config import TrainConfig, resume_rules

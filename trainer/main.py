@@ -15,7 +15,8 @@ from typing import Sequence
 
 from absl import flags
 
-from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.cli import import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags
 from trainer import cluster, runlock
 from trainer.config import DEFAULT_MODEL_DIR, TrainConfig, check_data_folder

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import keras
 
 from celeba_common import fileio
-from celeba_common.cli import UserError
+from celeba_common.errors import UserError
 from dataset_format.schema import CLASS_NAMES
 from trainer.config import POOLINGS, WEIGHTS_HELP, trained_model_file
 

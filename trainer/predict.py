@@ -18,7 +18,8 @@ import io
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from celeba_common import fileio
-from celeba_common.cli import UserError, import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.cli import import_tensorflow_for_remote, import_tensorflow_quietly, run_main
+from celeba_common.errors import UserError
 from celeba_common.flagdefs import define_flags, from_flags, option
 from dataset_format.transform import Transform
 from trainer.config import DEFAULT_MODEL_DIR, trained_model_file
