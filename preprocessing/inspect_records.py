@@ -7,25 +7,24 @@ Exits non-zero, naming each bad shard, when a shard's record count, size or sha2
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
-from typing import Sequence, Tuple
-
-from absl import flags
+from typing import Optional, Sequence, Tuple
 
 from celeba_common import fileio
 from celeba_common.cli import import_tensorflow_quietly, run_main
 from celeba_common.errors import UserError
+from celeba_common.flagdefs import define_flags, from_flags, option
 from dataset_format import manifest as manifest_lib, schema, tfrecord
 
-FLAGS = flags.FLAGS
 
-
-def _define_flags() -> None:
-    flags.DEFINE_string("data_dir", os.path.join("tfrecords", "celeba"), "Dataset folder written by build_records.")
-    flags.DEFINE_integer("samples", 32, "Images on the contact sheet.", lower_bound=0)
-    flags.DEFINE_string("sheet", None, "Contact sheet PNG path; default DATA_DIR/contact_sheet.png.")
-    flags.DEFINE_enum("split", "train", list(schema.SPLITS), "The split the contact sheet shows.")
+@dataclasses.dataclass
+class InspectConfig:
+    data_dir: str = option(os.path.join("tfrecords", "celeba"), "Dataset folder written by build_records.")
+    samples: int = option(32, "Images on the contact sheet.", lower_bound=0)
+    sheet: Optional[str] = option(None, "Contact sheet PNG path; default DATA_DIR/contact_sheet.png.")
+    split: str = option("train", "The split the contact sheet shows.", choices=schema.SPLITS)
 
 
 def decode_record(record: bytes) -> Tuple[bytes, int, str]:
@@ -62,7 +61,8 @@ def contact_sheet(samples: Sequence[Tuple[bytes, int, str]], path: str, title: s
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
-    data_dir = FLAGS.data_dir
+    config = from_flags(InspectConfig)
+    data_dir = config.data_dir
     manifest = manifest_lib.read_manifest(data_dir)
     print(manifest_lib.summary(manifest, data_dir))
     problems = manifest_lib.verify_shards(data_dir, manifest, check_records=True)
@@ -73,26 +73,26 @@ def main(argv: Sequence[str]) -> int:
     if problems:
         bad = ", ".join(problems)
         raise UserError(f"{len(problems)} bad shard(s) in {data_dir}: {bad}")
-    if FLAGS.samples:
-        if FLAGS.split not in manifest["splits"]:
-            raise UserError(f"--split={FLAGS.split}: {data_dir} has no such split ({', '.join(manifest['splits'])})")
-        info = manifest["splits"][FLAGS.split]
+    if config.samples:
+        if config.split not in manifest["splits"]:
+            raise UserError(f"--split={config.split}: {data_dir} has no such split ({', '.join(manifest['splits'])})")
+        info = manifest["splits"][config.split]
         first = info["shards"][0]["file"]
-        records = tfrecord.read_records(fileio.join(data_dir, first), FLAGS.samples)
+        records = tfrecord.read_records(fileio.join(data_dir, first), config.samples)
         import_tensorflow_quietly()  # decode_record decodes as the trainer does
-        sheet = FLAGS.sheet or fileio.join(data_dir, "contact_sheet.png")
+        sheet = config.sheet or fileio.join(data_dir, "contact_sheet.png")
         transform = manifest_lib.transform_of(manifest)
-        title = (f"{data_dir}: {FLAGS.split} split, the first {len(records)} of {info['num_examples']} images "
+        title = (f"{data_dir}: {config.split} split, the first {len(records)} of {info['num_examples']} images "
                  f"({transform.image_size}x{transform.image_size}, {transform.resize_mode}); label and file name "
                  f"under each")
         contact_sheet([decode_record(r) for r in records], sheet, title)
-        print(f"contact sheet of {len(records)} {FLAGS.split} images: {sheet}")
+        print(f"contact sheet of {len(records)} {config.split} images: {sheet}")
     print(f"all {sum(len(i['shards']) for i in manifest['splits'].values())} shards match the manifest")
     return 0
 
 
 def cli() -> None:
-    run_main(main, define_flags=_define_flags)
+    run_main(main, define_flags=lambda: define_flags(InspectConfig))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ demo and the benchmarks use it in place of the real download, which cannot be fe
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import multiprocessing
 import os
@@ -17,27 +18,27 @@ import zipfile
 from typing import List, Sequence, Tuple
 
 import numpy as np
-from absl import flags
 from PIL import Image, ImageDraw
 
 from celeba_common.cli import run_main
 from celeba_common.errors import UserError
+from celeba_common.flagdefs import define_flags, from_flags, option
 from dataset_format.schema import ATTRIBUTE_NAMES
 
 WIDTH, HEIGHT = 178, 218  # img_align_celeba's size
 PARTITION_SHARES = (0.814, 0.099)  # CelebA's train / validation shares; the rest is test
 LAYOUTS = ("txt", "kaggle", "zip")
 
-FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-    """Flags of the command line only, so that tests and other modules can import generate() freely."""
-    flags.DEFINE_string("output_dir", os.path.join("data", "synthetic_celeba"), "Where to write the download.")
-    flags.DEFINE_integer("num_images", 2000, "Number of images.", lower_bound=3)
-    flags.DEFINE_integer("seed", 0, "Generator seed.")
-    flags.DEFINE_enum("layout", "txt", list(LAYOUTS), "txt: the original layout; zip: images in "
-                      "img_align_celeba.zip; kaggle: Kaggle's CSV layout.")
+@dataclasses.dataclass
+class SyntheticConfig:
+    """The command line's settings (flags defined in cli() only, so tests and other modules import generate())."""
+    output_dir: str = option(os.path.join("data", "synthetic_celeba"), "Where to write the download.")
+    num_images: int = option(2000, "Number of images.", lower_bound=3)
+    seed: int = option(0, "Generator seed.")
+    layout: str = option("txt", "txt: the original layout; zip: images in img_align_celeba.zip; kaggle: Kaggle's "
+                         "CSV layout.", choices=LAYOUTS)
 
 _SKIN = [(255, 224, 189), (234, 192, 134), (198, 134, 66), (141, 85, 36), (241, 194, 125), (224, 172, 105)]
 _HAIR = {"Black_Hair": (30, 25, 20), "Blond_Hair": (225, 200, 120), "Brown_Hair": (110, 70, 40),
@@ -191,15 +192,16 @@ class _Serial:
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
-    rows = generate(FLAGS.output_dir, FLAGS.num_images, FLAGS.seed, FLAGS.layout)
+    config = from_flags(SyntheticConfig)
+    rows = generate(config.output_dir, config.num_images, config.seed, config.layout)
     males = sum(1 for _, attrs in rows if attrs[ATTRIBUTE_NAMES.index("Male")] == 1)
-    print(f"wrote {len(rows)} synthetic CelebA images ({males / len(rows):.1%} male, {FLAGS.layout} layout) "
-          f"to {FLAGS.output_dir}")
+    print(f"wrote {len(rows)} synthetic CelebA images ({males / len(rows):.1%} male, {config.layout} layout) "
+          f"to {config.output_dir}")
     return 0
 
 
 def cli() -> None:
-    run_main(main, define_flags=_define_flags)
+    run_main(main, define_flags=lambda: define_flags(SyntheticConfig))
 
 
 if __name__ == "__main__":
