@@ -5,9 +5,11 @@ FileSystems elsewhere (the records job's workers, which never import TensorFlow)
 """
 from __future__ import annotations
 
+import glob as glob_lib
 import hashlib
 import os
 import posixpath
+import shutil
 import socket
 import stat
 import sys
@@ -183,8 +185,6 @@ def remove(path: str) -> None:
 
 def delete_tree(path: str) -> None:
     if not is_remote(path):
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
         return
     gfile = _gfile()
@@ -200,8 +200,6 @@ def delete_tree(path: str) -> None:
 def glob(pattern: str) -> List[str]:
     """Paths matching a glob pattern (`*` stays within one path segment)."""
     if not is_remote(pattern):
-        import glob as glob_lib
-
         return sorted(glob_lib.glob(pattern))
     gfile = _gfile()
     if gfile:

@@ -11,6 +11,7 @@ first and the workers train through it.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -59,8 +60,6 @@ def tf_configs(num_workers: int, ports: Optional[Sequence[int]] = None) -> List[
 def die_with_parent() -> None:
     """In the child, before exec: the kernel sends it SIGKILL when the launcher dies, even by SIGKILL (Linux)."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the launcher's own cleanup is all there is

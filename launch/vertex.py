@@ -150,8 +150,6 @@ def gcloud_command(job: dict, project: str, region: str, spec_file: str = "job_s
 
 def _snake(obj):
     """REST camelCase keys -> the Python SDK's snake_case keys."""
-    import re
-
     if isinstance(obj, dict):
         return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): _snake(v) for k, v in obj.items()}
     if isinstance(obj, list):

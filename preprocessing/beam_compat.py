@@ -16,9 +16,12 @@ What is private here and why:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+import shlex
 import signal
+import sys
 import threading
 from typing import List, Optional, Sequence, Tuple
 
@@ -48,8 +51,6 @@ def expand_runner_alias(beam_args: Sequence[str]) -> List[str]:
 
 
 def _register_runner_options() -> None:
-    import importlib
-
     for module in _OPTIONAL_RUNNER_MODULES:
         try:
             importlib.import_module(module)
@@ -172,9 +173,6 @@ def pipeline_options(beam_args: Sequence[str], big: bool,
 def _workers_ignoring_ctrl_c(log: Optional[str] = None):
     """Beam's multi_processing worker command, started with SIGINT ignored (kept so through exec and by Python),
     its stderr appended to `log` when given."""
-    import shlex
-    import sys
-
     from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
     redirect = f" 2>>{shlex.quote(log)}" if log else ""

@@ -14,16 +14,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import errno
+import glob
 import hashlib
 import json
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
+from importlib import metadata
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -56,8 +59,6 @@ def default_num_shards(total_bytes: int) -> int:
 
 
 def code_version() -> str:
-    from importlib import metadata
-
     version = "unknown"
     for distribution in ("celeba-tfrecords", "celeba-records-worker"):  # the full install, or Dataflow's workers'
         try:
@@ -348,8 +349,6 @@ def _check_download_outside(layout, output_dir: str) -> None:
 def _environment_error(error: Exception) -> Optional[str]:
     """The OS error a runner wrapped (e.g. `RuntimeError: OSError: [Errno 28] No space left on device [while
     running 'TransformChunks']`), as one line; None for anything else (a bug keeps its traceback)."""
-    import re
-
     found = re.search(r"(\w*Error): \[Errno (\d+)\] ([^\[\n]*)", str(error))
     return f"{found.group(3).strip()} ({found.group(1)}, errno {found.group(2)})" if found else None
 
@@ -371,8 +370,6 @@ def _check_runner(config: Config, beam_args: Sequence[str]) -> None:
 def _remove_abandoned_work_dirs(output_dir: str) -> None:
     """Deletes OUTPUT.partial-* folders left by killed runs on this host (their process no longer exists), locally
     and on gs:// alike. A folder started on another host is not ours to judge and stays."""
-    import glob
-
     base = output_dir.rstrip("/")
     pattern = (base if fileio.is_remote(base) else glob.escape(base)) + f".partial-*/{_META}/started"
     for marker in fileio.glob(pattern):
@@ -507,8 +504,6 @@ _REPLACED = ".replaced-"  # OUTPUT.replaced-XXXX: the dataset that --overwrite r
 def _recover_interrupted_publish(output_dir: str) -> None:
     """After a kill in the middle of an --overwrite publish: when the new dataset made it into place, the old one
     moved aside is deleted; when it did not, the old one is put back. Either way nothing is lost."""
-    import glob
-
     base = output_dir.rstrip("/")
     pattern = (base if fileio.is_remote(base) else glob.escape(base)) + f"{_REPLACED}*/{SUCCESS}"
     for marker in fileio.glob(pattern):

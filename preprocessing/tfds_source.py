@@ -7,6 +7,7 @@ selection picks are staged as files in the job's work folder, and the same Beam 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Dict, List, Optional, Tuple
 
 from celeba_common import fileio
@@ -22,8 +23,6 @@ DOWNLOAD_HOST = "drive.google.com"  # where TFDS's celeb_a builder downloads fro
 
 
 def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
-    import socket
-
     try:
         socket.create_connection((host, port), timeout=timeout).close()
         return True

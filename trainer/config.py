@@ -8,6 +8,7 @@ trainer/fingerprint.py; "free": may change); a rule across fields goes in `check
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -177,8 +178,6 @@ def check_data_folder(data_dir: str, batch_size: int) -> None:
 
 def trained_metrics(model_dir: str) -> dict:
     """metrics.json of a trained model_dir (flags, data_dir, test metrics), or {}."""
-    import json
-
     path = fileio.join(model_dir, "metrics.json")
     return json.loads(fileio.read_bytes(path)) if fileio.exists(path) else {}
 

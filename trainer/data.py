@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import logging
 import os
+import socket
+import time
 from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
@@ -213,9 +215,6 @@ SERVICE_WAIT_SECONDS = {"address": 20.0, "vertex": 600.0}
 def check_service(address: str, wait: float = SERVICE_WAIT_SECONDS["address"]) -> None:
     """UserError unless the tf.data service dispatcher at grpc://HOST:PORT accepts connections within `wait`
     seconds (it may still be starting): TensorFlow itself would wait for it forever."""
-    import socket
-    import time
-
     host, port = address.split("://", 1)[-1].rsplit(":", 1)
     deadline = time.monotonic() + wait
     while True:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from typing import Callable, Tuple
 
 from celeba_common.errors import UserError
@@ -132,10 +135,6 @@ def meet(make: Callable[[], object], wait_seconds: float) -> Tuple[object, Votes
     there within `wait_seconds`: TensorFlow itself waits forever (inside MultiWorkerMirroredStrategy's constructor,
     holding the interpreter, so no Python thread or signal handler runs) for a worker that never started. A small
     watchdog process then says so in one line and ends this one."""
-    import os
-    import subprocess
-    import sys
-
     workers = cluster.num_tasks(cluster.tf_config())
     watchdog = None
     if workers > 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -114,8 +116,6 @@ def read_history(path: str) -> List[dict]:
     try:
         rows = list(csv.DictReader(io.StringIO(fileio.read_bytes(path).decode())))
     except (UnicodeDecodeError, csv.Error) as e:
-        import logging
-
         logging.getLogger("trainer").warning("%s is damaged (%s); its rows are dropped and it is written anew",
                                              path, type(e).__name__)
         return []
@@ -142,8 +142,6 @@ def write_history(path: str, rows: List[dict]) -> None:
 def progress_bar(steps: int, is_chief: bool):
     """Keras' Progbar, live on the chief's terminal; silent in a log (the epoch's summary line is enough there) and
     on the other workers."""
-    import sys
-
     import keras
 
     return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy", "images/s"],
@@ -157,9 +155,6 @@ class Progress:
     LOG_SECONDS = 30.0
 
     def __init__(self, what: str, target: int, unit: str, shown: bool):
-        import logging
-        import sys
-
         import keras
 
         self.what, self.target, self.unit, self.start = what, target, unit, time.monotonic()
@@ -190,8 +185,6 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self.target, finalize=True)
         if self._log is not None or self._bar is not None:
-            import logging
-
             logging.getLogger("trainer").info("%s: %d %s in %s (%.0f %s/s after the first batch, which traces)",
                                               self.what, done, self.unit, _duration(now - self.start), steady,
                                               self.unit)

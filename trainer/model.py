@@ -7,6 +7,7 @@ takes plain RGB images.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Optional, Sequence
 
 import keras
@@ -121,8 +122,6 @@ def load_trained(model_dir: str) -> keras.Model:
     """The trained model.keras of model_dir (UserError when it is missing)."""
     path = trained_model_file(model_dir)
     if fileio.is_remote(path):
-        import tempfile
-
         local = os.path.join(tempfile.mkdtemp(), "model.keras")
         fileio.write_bytes(local, fileio.read_bytes(path))
         path = local

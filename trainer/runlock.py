@@ -10,6 +10,7 @@ Only the chief locks: the other workers of a cluster share its model_dir by desi
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import os
 import socket
@@ -47,8 +48,6 @@ def hold(model_dir: str, renew_seconds: float = RENEW_SECONDS) -> None:
 
 
 def _flock(model_dir: str) -> None:
-    import fcntl
-
     os.makedirs(model_dir, exist_ok=True)
     handle = open(os.path.join(model_dir, LOCK), "a+")
     try:
