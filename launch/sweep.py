@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import enum
 import io
 import json
 import math
@@ -72,12 +73,42 @@ def parse_grid(lrs: Sequence[str], batch_sizes: Sequence[str]):
 
 
 def cell_name(lr: float, batch_size: int) -> str:
-    return f"lr{lr:g}_bs{batch_size}"
+    """The cell's folder name: the learning rate as Python writes it back exactly (repr), so two rates never share a
+    folder (`{lr:g}` would: 1e-4 and 1.000001e-4 both print 0.0001)."""
+    return f"lr{lr!r}_bs{batch_size}"
 
 
 def cell_args(lr: float, batch_size: int, epochs: int, model_dir: str, trainer_args: Sequence[str]) -> List[str]:
-    return [*trainer_args, f"--model_dir={model_dir}", f"--batch_size={batch_size}", f"--lr={lr:g}",
+    return [*trainer_args, f"--model_dir={model_dir}", f"--batch_size={batch_size}", f"--lr={lr!r}",
             f"--epochs={epochs}"]
+
+
+class Status(enum.Enum):
+    FINISHED = "finished"
+    FAILED = "failed"
+    SUBMITTED = "submitted"
+    DRY_RUN = "dry run"
+
+
+@dataclasses.dataclass
+class Cell:
+    """One cell of the grid and where it stands; `row()` is its line in summary.csv."""
+    lr: float
+    batch_size: int
+    model_dir: str
+    status: Status = Status.FINISHED
+    detail: str = ""  # why it failed, or the Vertex AI job it was submitted as
+    metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.lr, self.batch_size)
+
+    def row(self) -> dict:
+        status = {Status.FAILED: f"failed ({self.detail})", Status.SUBMITTED: f"submitted {self.detail}"}.get(
+            self.status, self.status.value)
+        return {"lr": self.lr, "batch_size": self.batch_size, "model_dir": self.model_dir, "status": status,
+                **self.metrics}
 
 
 def summarize_history(history: List[dict], converged_epochs: int) -> Dict[str, float]:
@@ -135,35 +166,55 @@ def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str]
     return jobs["extract"] or "dry run"
 
 
-def _cell(lr: float, bs: int, epochs: int, output_dir: str, trainer_args: Sequence[str], converged_epochs: int,
-          vertex: Optional[vertex_lib.VertexJob], jobs: dict, jobs_path: str, finished) -> dict:
-    """One cell of the grid: trained here, submitted to Vertex AI, or found finished; returns its row."""
-    name = cell_name(lr, bs)
-    model_dir = fileio.join(output_dir, name)
-    row = {"lr": lr, "batch_size": bs, "model_dir": model_dir, "status": "finished"}
-    done = finished(model_dir)
-    args = cell_args(lr, bs, epochs, model_dir, trainer_args)
-    if not done and vertex:
-        if name not in jobs:  # each cell its own base_output_dir: its own AIP_CHECKPOINT_DIR and logs
-            submitted = vertex_lib.launch(dataclasses.replace(vertex, base_output_dir=model_dir), args,
-                                          display_name=f"sweep-{name}".replace(".", "-"))
-            if not submitted:  # --dry_run: printed, not sent
-                return {**row, "status": "dry run"}
-            jobs[name] = submitted
-            fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
-        row["status"] = f"submitted {jobs[name]}"
-    elif not done:
-        print(f"[sweep] {name}: training ({epochs} epochs)", flush=True)
-        code, reason = _run_local(args, fileio.join(output_dir, f"{name}.log"))
+class LocalCells:
+    """Cells trained here, one after another (trainer.main processes); a failed cell is recorded and the grid goes
+    on."""
+
+    def __init__(self, epochs: int, output_dir: str, trainer_args: Sequence[str]):
+        self.epochs, self.output_dir, self.trainer_args = epochs, output_dir, trainer_args
+
+    def start(self, cell: Cell) -> None:
+        print(f"[sweep] {cell.name}: training ({self.epochs} epochs)", flush=True)
+        code, reason = _run_local(cell_args(cell.lr, cell.batch_size, self.epochs, cell.model_dir, self.trainer_args),
+                                  fileio.join(self.output_dir, f"{cell.name}.log"))
         if code != 0:
-            row["status"] = f"failed ({reason or f'exit {code}'})"
-            print(f"[sweep] {name}: FAILED: {reason}", flush=True)
+            cell.status, cell.detail = Status.FAILED, reason or f"exit {code}"
+            print(f"[sweep] {cell.name}: FAILED: {reason}", flush=True)
+
+
+class VertexCells:
+    """Cells submitted as Vertex AI jobs, each with its own base_output_dir (its AIP_CHECKPOINT_DIR and logs); the
+    jobs are remembered in vertex_jobs.json, so a rerun submits nothing twice and collects what finished."""
+
+    def __init__(self, vertex: vertex_lib.VertexJob, epochs: int, trainer_args: Sequence[str], jobs: dict,
+                 jobs_path: str):
+        self.vertex, self.epochs, self.trainer_args, self.jobs, self.jobs_path = \
+            vertex, epochs, trainer_args, jobs, jobs_path
+
+    def start(self, cell: Cell) -> None:
+        if cell.name not in self.jobs:
+            submitted = vertex_lib.launch(dataclasses.replace(self.vertex, base_output_dir=cell.model_dir),
+                                          cell_args(cell.lr, cell.batch_size, self.epochs, cell.model_dir,
+                                                    self.trainer_args),
+                                          display_name=f"sweep-{cell.name}".replace(".", "-"))
+            if not submitted:  # --dry_run: printed, not sent
+                cell.status = Status.DRY_RUN
+                return
+            self.jobs[cell.name] = submitted
+            fileio.write_bytes(self.jobs_path, json.dumps(self.jobs, indent=2).encode())
+        cell.status, cell.detail = Status.SUBMITTED, self.jobs[cell.name]
+
+
+def _cell(cell: Cell, runner, finished, converged_epochs: int) -> Cell:
+    """Starts the cell with `runner` unless it already finished, then reads its history when it has one."""
+    if finished(cell.model_dir):
+        print(f"[sweep] {cell.name}: already finished, not rerun", flush=True)
     else:
-        print(f"[sweep] {name}: already finished, not rerun", flush=True)
-    history = read_history(fileio.join(model_dir, "history.csv")) if row["status"] == "finished" else []
+        runner.start(cell)
+    history = read_history(fileio.join(cell.model_dir, "history.csv")) if cell.status is Status.FINISHED else []
     if history:
-        row.update(summarize_history(history, converged_epochs))
-    return row
+        cell.metrics = summarize_history(history, converged_epochs)
+    return cell
 
 
 def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, output_dir: str,
@@ -193,10 +244,12 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
         if extraction or vertex_lib.trainer_flag(trainer_args, "feature_cache_dir"):
             vertex = dataclasses.replace(vertex, machine_type=cell_machine_type, accelerator_type=None,
                                          accelerator_count=0)
+    runner = VertexCells(vertex, epochs, trainer_args, jobs, jobs_path) if vertex else \
+        LocalCells(epochs, output_dir, trainer_args)
     for lr in lrs:
         for bs in batch_sizes:
-            rows.append(_cell(lr, bs, epochs, output_dir, trainer_args, converged_epochs, vertex, jobs, jobs_path,
-                              finished))
+            cell = Cell(lr, bs, fileio.join(output_dir, cell_name(lr, bs)))
+            rows.append(_cell(cell, runner, finished, converged_epochs).row())
     if dry_run:
         print(f"[sweep] dry run: {len(rows)} cell jobs printed; nothing was read from or written to {output_dir}")
     else:
@@ -220,28 +273,28 @@ def write_summary(rows: List[dict], output_dir: str, trainer_args: Sequence[str]
     writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{v:g}" if k == "lr" else round(v, 6) if isinstance(v, float) else v)
+        writer.writerow({k: (f"{v!r}" if k == "lr" else round(v, 6) if isinstance(v, float) else v)
                          for k, v in r.items()})
     fileio.write_bytes(fileio.join(output_dir, "summary.csv"), out.getvalue().encode())
     lines = ["# Sweep summary", "", "## Validation accuracy", "",
              "| lr | batch size | lowest | highest | converged | status |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['lr']:g} | {r['batch_size']} | {_fmt(r.get('val_accuracy_lowest', '-'))} | "
+        lines.append(f"| {r['lr']!r} | {r['batch_size']} | {_fmt(r.get('val_accuracy_lowest', '-'))} | "
                      f"{_fmt(r.get('val_accuracy_highest', '-'))} | {_fmt(r.get('val_accuracy_converged', '-'))} | "
                      f"{r['status']} |")
     lines += ["", "## Validation loss (at the lowest / highest accuracy epoch, converged)", "",
               "| lr | batch size | at lowest accuracy | at highest accuracy | converged |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['lr']:g} | {r['batch_size']} | {_fmt(r.get('val_loss_at_lowest', '-'))} | "
+        lines.append(f"| {r['lr']!r} | {r['batch_size']} | {_fmt(r.get('val_loss_at_lowest', '-'))} | "
                      f"{_fmt(r.get('val_loss_at_highest', '-'))} | {_fmt(r.get('val_loss_converged', '-'))} |")
     best = best_cell(rows)
     if best:
         command = shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "trainer.main",
                               *cell_args(best["lr"], best["batch_size"], epochs, best["model_dir"], trainer_args)])
-        lines += ["", f"**Best cell:** lr={best['lr']:g}, batch size={best['batch_size']} (converged val accuracy "
+        lines += ["", f"**Best cell:** lr={best['lr']!r}, batch size={best['batch_size']} (converged val accuracy "
                       f"{best['val_accuracy_converged']:.4f}, val loss {best['val_loss_converged']:.4f}).", "",
                   "Reproduce it with:", "", f"    {command}"]
-        print(f"[sweep] best cell: lr={best['lr']:g} batch_size={best['batch_size']} "
+        print(f"[sweep] best cell: lr={best['lr']!r} batch_size={best['batch_size']} "
               f"(converged val accuracy {best['val_accuracy_converged']:.4f}); reproduce with:\n  {command}")
     fileio.write_bytes(fileio.join(output_dir, "summary.md"), ("\n".join(lines) + "\n").encode())
     plot_heatmap(rows, fileio.join(output_dir, "val_accuracy_heatmap.png"))
@@ -267,7 +320,7 @@ def plot_heatmap(rows: List[dict], path: str) -> None:
             ax.text(j, i, "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}", ha="center", va="center",
                     color="white" if np.isnan(grid[i, j]) or grid[i, j] < np.nanmean(grid) else "black")
     ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
-    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_yticks(range(len(lrs)), [repr(lr) for lr in lrs])
     ax.set_xlabel("batch size")
     ax.set_ylabel("learning rate")
     ax.set_title("converged validation accuracy")

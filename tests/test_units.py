@@ -189,3 +189,17 @@ def test_the_fingerprint_keeps_the_keys_saved_checkpoints_hold():
         "records", "image_size", "resize_mode", "jpeg_quality", "weights", "head_units", "dropout", "pooling",
         "fine_tune_from", "precision", "lr", "fine_tune_lr", "batch_size", "seed", "shuffle_buffer", "augment"])
     assert found["head_units"] == [8, 4] and found["weights"] == "none" and found["precision"] == "float32"
+
+
+def test_sweep_cells_have_typed_states_and_folders_of_their_own():
+    assert sweep.cell_name(1e-4, 8) != sweep.cell_name(1.000001e-4, 8)  # `{lr:g}` gave both lr0.0001_bs8
+    assert sweep.cell_name(1e-3, 8) == "lr0.001_bs8" and sweep.cell_name(3e-05, 16) == "lr3e-05_bs16"
+    assert "--lr=1.000001e-04" not in sweep.cell_args(1.000001e-4, 8, 2, "m", []) and \
+        "--lr=0.0001000001" in sweep.cell_args(1.000001e-4, 8, 2, "m", [])  # the rate itself, not 6 digits of it
+    cell = sweep.Cell(1e-3, 8, "out/lr0.001_bs8")
+    assert cell.row()["status"] == "finished"
+    cell.status, cell.detail = sweep.Status.FAILED, "error: --batch_size=8: too big"
+    assert cell.row()["status"] == "failed (error: --batch_size=8: too big)"
+    cell.status, cell.detail = sweep.Status.SUBMITTED, "projects/p/locations/r/customJobs/1"
+    assert cell.row()["status"] == "submitted projects/p/locations/r/customJobs/1"
+    assert sweep.Cell(1e-3, 8, "m", sweep.Status.DRY_RUN).row()["status"] == "dry run"
