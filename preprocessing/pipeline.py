@@ -1,13 +1,8 @@
-"""The records job as a Beam graph, and `run(...)`, which the CLI and the tests call.
+"""The records job's driver: `run(...)`, which the CLI and the tests call.
 
-    candidates (ranked, chunked) ─► TransformChunks: read + decode + crop/resize + JPEG + Example, appended to a
-      temporary chunk file; a small (group, rank, location) tuple per image, dead letters for unreadable ones
-    ─► PlanShards: the first N readable per split by rank; contiguous runs of that order become shards
-    ─► WriteShards: copy each shard's records out of the chunk files, in rank order, as TFRecords
-    driver: manifest.json, splits/*.txt, errors.jsonl, then _SUCCESS
-
-Images travel through the graph only inside chunk files, never as elements, so memory stays flat whatever the
-dataset size; shard contents depend only on the ranks, so shards are byte-identical on every run and runner.
+It checks the options, the output folder and the download; ranks the candidates (splits.py); runs the Beam graph
+(graph.BuildRecords) with its results written at labelled sinks (build_pipeline); then writes manifest.json,
+splits/*.txt, errors.jsonl and the TFDS metadata, and publishes the work folder as the dataset with _SUCCESS.
 """
 from __future__ import annotations
 
@@ -15,10 +10,8 @@ import dataclasses
 import datetime
 import errno
 import glob
-import hashlib
 import json
 import logging
-import math
 import os
 import re
 import socket
@@ -27,35 +20,19 @@ import tempfile
 import time
 import uuid
 from importlib import metadata
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 
 from celeba_common import fileio
 from celeba_common.errors import UserError
-from dataset_format import schema, tfds_metadata, tfrecord
+from dataset_format import schema, tfds_metadata
 from dataset_format.manifest import MANIFEST, SUCCESS, write_json
-from dataset_format.transform import ImageError, Transform, use_one_thread
-from preprocessing import beam_compat, celeba, splits
+from preprocessing import beam_compat, celeba, graph, splits
 from preprocessing.config import Config
 
 LOG = logging.getLogger("preprocessing")
-TARGET_SHARD_BYTES = 150 * 1024 * 1024
-CHUNK_SIZE = 256
 _META, _CHUNKS = ".meta", ".chunks"
-_LABEL_INDEX = schema.ATTRIBUTE_NAMES.index(schema.LABEL_ATTRIBUTE)
-# Errors that say the file itself is absent or unreadable (ImageError: not a regular file, or over the size limit);
-# anything else while reading is taken as transient.
-PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ImageError)
-READ_ATTEMPTS = 4
-READ_RETRY_SECONDS = 0.5  # doubled after each failed attempt
-
-
-def default_num_shards(total_bytes: int) -> int:
-    """A power of two giving shards of roughly 100-200 MB, at least 1."""
-    if total_bytes <= TARGET_SHARD_BYTES:
-        return 1
-    return 2 ** round(math.log2(total_bytes / TARGET_SHARD_BYTES))
 
 
 def code_version() -> str:
@@ -74,229 +51,45 @@ def code_version() -> str:
     return f"{version}+{commit}" if commit else version
 
 
-# --- what flows through the graph ---------------------------------------------------------------------------------
-
-class Located(NamedTuple):
-    """Where one transformed image's serialized Example sits in the chunk files, and what the planner needs."""
-    group: int  # index of its splits.Group
-    position: int  # rank within the group (0 = best)
-    chunk_id: int
-    offset: int  # byte offset in chunk-<chunk_id>
-    length: int
-    label: int
-    name: str
-
-
-class DeadLetter(NamedTuple):
-    """An image left out, and why (errors.jsonl)."""
-    name: str
-    stage: str  # read | decode
-    reason: str
-
-
-class ShardPlan(NamedTuple):
-    """One output shard: its split, index, count, and the records to copy into it in order."""
-    split: str
-    shard: int
-    num_shards: int
-    records: List[Located]
-
-
-# --- Beam transforms ---------------------------------------------------------------------------------------------
-
-class TransformChunk(beam.DoFn):
-    """chunk_id -> one chunk file of serialized Examples, for the candidates of that chunk.
-
-    The candidates themselves come from a JSON file the driver wrote (read once per worker in setup), so the graph
-    stays small for any dataset size. One output: a Located per readable image, a DeadLetter per image left out
-    (one output with two element types rather than tagged outputs, which not every runner separates: Dask's).
-    """
-
-    def __init__(self, source: celeba.ImageSource, candidates_path: str, chunk_dir: str, transform: Transform):
-        self.source, self.candidates_path, self.chunk_dir = source, candidates_path, chunk_dir
-        self.transform = transform
-        self.images = beam.metrics.Metrics.counter("records", "images_transformed")
-        self.failed = beam.metrics.Metrics.counter("records", "images_left_out")
-
-    def setup(self):
-        use_one_thread()
-        self._chunks = json.loads(fileio.read_bytes(self.candidates_path))
-        self._done, self._start, self._next_log = 0, time.time(), 2000
-
-    def process(self, chunk_id: int):
-        items = self._chunks[chunk_id]
-        offset = 0
-        with fileio.open_write(fileio.join(self.chunk_dir, f"chunk-{chunk_id:06d}")) as out:
-            for group, position, name, attributes in items:
-                try:
-                    data = self._read(name)
-                except FileNotFoundError:
-                    yield self._dead_letter(name, "read", "listed in the attribute file but missing")
-                    continue
-                except PERMANENT_READ_ERRORS as e:
-                    yield self._dead_letter(name, "read", str(e))
-                    continue
-                try:
-                    jpeg = self.transform.apply(data)
-                except ImageError as e:
-                    yield self._dead_letter(name, "decode", str(e))
-                    continue
-                bits = [int(c) for c in attributes]
-                label = bits[_LABEL_INDEX]
-                size = self.transform.image_size
-                record = schema.encode_example(jpeg, size, size, name, label, bits)
-                out.write(record)
-                yield Located(group, position, chunk_id, offset, len(record), label, name)
-                offset += len(record)
-        self.images.inc(len(items))
-        self._done += len(items)
-        if self._done >= self._next_log:
-            rate = self._done / max(time.time() - self._start, 1e-9)
-            LOG.info("worker %d: %d images transformed, %.0f images/s", os.getpid(), self._done, rate)
-            self._next_log += 2000
-
-    def _read(self, name: str) -> bytes:
-        """The image's bytes. A missing or unreadable file raises one of PERMANENT_READ_ERRORS (a dead letter); any
-        other error (a timeout, a 5xx, a reset connection) is retried, then fails the bundle, which the runner retries:
-        a transient error never swaps another image into the fixed split."""
-        for attempt in range(READ_ATTEMPTS):
-            try:
-                return self.source.read(name)
-            except PERMANENT_READ_ERRORS:
-                raise
-            except Exception as e:  # noqa: BLE001  (the storage clients raise many kinds)
-                if attempt + 1 == READ_ATTEMPTS:
-                    raise
-                LOG.warning("reading %s failed (%s: %s); retrying", name, type(e).__name__, e)
-                time.sleep(min(READ_RETRY_SECONDS * 2 ** attempt, 8.0))
-        raise AssertionError("unreachable")
-
-    def _dead_letter(self, name: str, stage: str, reason: str) -> DeadLetter:
-        self.failed.inc()
-        return DeadLetter(name, stage, reason)
-
-
-def plan_shards(located: List[Located], groups: List[dict], seed: int, num_shards: int,
-                meta_dir: str) -> Iterable[ShardPlan]:
-    """Keeps the first `target` readable images of each group by rank and cuts each split into shards.
-
-    Writes the selection (names, label counts, shortfalls) to meta_dir; yields one plan per shard, or none when
-    a split falls short (the driver then fails the job with the shortfall).
-    """
-    by_group: Dict[int, List[Located]] = {}
-    for item in located:
-        by_group.setdefault(item.group, []).append(item)
-    per_split: Dict[str, List[Located]] = {}
-    shortfalls = []
-    for index, group in enumerate(groups):
-        found = sorted(by_group.get(index, []), key=lambda item: item.position)
-        target = group["target"]
-        if target is not None and len(found) < target:
-            shortfalls.append({"split": group["split"], "label": group["label"], "wanted": target,
-                               "readable": len(found), "candidates": group["num_candidates"]})
-        kept = found if target is None else found[:target]
-        per_split.setdefault(group["split"], []).extend(kept)
-    selection = {"shortfalls": shortfalls, "splits": {}}
-    plans = []
-    for split, items in per_split.items():
-        items.sort(key=lambda item: splits.rank_key(item.name, seed))  # merges balanced groups by rank
-        total = sum(item.length for item in items)
-        n = num_shards or default_num_shards(total)
-        n = max(1, min(n, len(items)))
-        selection["splits"][split] = {"names": [item.name for item in items],
-                                      "labels": [item.label for item in items]}
-        for shard in range(n):
-            lo, hi = shard * len(items) // n, (shard + 1) * len(items) // n
-            plans.append(ShardPlan(split, shard, n, items[lo:hi]))
-    write_json(fileio.join(meta_dir, "selection.json"), selection)
-    if shortfalls:
-        return []
-    return plans
-
-
-class WriteShard(beam.DoFn):
-    """Copies one shard's records out of the chunk files into a TFRecord file; writes its stats to meta_dir."""
-
-    def __init__(self, output_dir: str, chunk_dir: str, meta_dir: str, name: str):
-        self.output_dir, self.chunk_dir, self.meta_dir, self.name = output_dir, chunk_dir, meta_dir, name
-
-    def process(self, plan: ShardPlan):
-        file_name = schema.shard_name(self.name, plan.split, plan.shard, plan.num_shards)
-        digest, labels, handles = hashlib.sha256(), [0, 0], {}
-        hashing = _HashingWriter(fileio.open_write(fileio.join(self.output_dir, file_name)), digest)
-        try:
-            for record in plan.records:
-                if record.chunk_id not in handles:
-                    handles[record.chunk_id] = fileio.open_read(
-                        fileio.join(self.chunk_dir, f"chunk-{record.chunk_id:06d}"))
-                source = handles[record.chunk_id]
-                source.seek(record.offset)
-                tfrecord.write_record(hashing, source.read(record.length))
-                labels[record.label] += 1
-        finally:
-            hashing.close()
-            for handle in handles.values():
-                handle.close()
-        stats = {"split": plan.split, "index": plan.shard, "file": file_name,
-                 "num_records": len(plan.records), "bytes": hashing.bytes, "sha256": digest.hexdigest(),
-                 "labels": {"0": labels[0], "1": labels[1]}}
-        write_json(fileio.join(self.meta_dir, f"shard-{plan.split}-{plan.shard:05d}.json"), stats)
-        yield stats
-
-
-class _HashingWriter:
-    def __init__(self, handle, digest):
-        self.handle, self.digest, self.bytes = handle, digest, 0
-
-    def write(self, data: bytes) -> None:
-        self.handle.write(data)
-        self.digest.update(data)
-        self.bytes += len(data)
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def write_errors(errors: List[DeadLetter], meta_dir: str) -> None:
-    rows = [error._asdict() for error in sorted(errors, key=lambda e: (e.name, e.stage))]
-    write_json(fileio.join(meta_dir, "errors.json"), rows)
-
-
-def _chunks(groups: Sequence[splits.Group]) -> List[list]:
-    """Candidates in chunks of CHUNK_SIZE: [group, position, name, attributes as a '0110...' string]."""
-    items = [(g, position, row.name, "".join("1" if a == 1 else "0" for a in row.attributes))
-             for g, group in enumerate(groups) for position, row in enumerate(group.candidates)]
-    return [items[i:i + CHUNK_SIZE] for i in range(0, len(items), CHUNK_SIZE)]
-
-
-def _is_instance(item, kind) -> bool:
-    return isinstance(item, kind)
-
-
 def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: celeba.ImageSource,
                    config: Config, work_dir: str) -> None:
-    """Adds the job's transforms to `p`; every output goes under work_dir."""
+    """Adds the job's graph to `p` (graph.BuildRecords) and its three results' sinks; every output goes under
+    work_dir. The candidates go in through a file (read once per worker), so the graph stays small."""
     chunk_dir, meta_dir = fileio.join(work_dir, _CHUNKS), fileio.join(work_dir, _META)
     group_info = [{"split": g.split, "label": g.label, "target": g.target, "num_candidates": len(g.candidates)}
                   for g in groups]
-    chunks = _chunks(groups)
+    chunks = graph.chunk_candidates(groups)
     candidates_path = fileio.join(meta_dir, "candidates.json")
     fileio.write_bytes(candidates_path, json.dumps(chunks, separators=(",", ":")).encode())
-    transformed = (
-        p
-        | "CreateChunks" >> beam.Create(list(range(len(chunks))), reshuffle=True)
-        | "TransformChunks" >> beam.ParDo(TransformChunk(source, candidates_path, chunk_dir, config.transform)))
-    _ = (transformed
-         | "DeadLetters" >> beam.Filter(_is_instance, DeadLetter)
-         | "CollectErrors" >> beam.combiners.ToList()
-         | "WriteErrors" >> beam.Map(write_errors, meta_dir))
-    _ = (transformed
-         | "Readable" >> beam.Filter(_is_instance, Located)
-         | "CollectLocations" >> beam.combiners.ToList()
-         | "PlanShards" >> beam.FlatMap(plan_shards, group_info, config.seed, config.num_shards, meta_dir)
-         | "SpreadShards" >> beam.Reshuffle()
-         | "WriteShards" >> beam.ParDo(WriteShard(work_dir, chunk_dir, meta_dir, config.name)))
+    results = (p
+               | "CreateChunks" >> beam.Create(list(range(len(chunks))), reshuffle=True)
+               | "BuildRecords" >> graph.BuildRecords(source, candidates_path, chunk_dir, work_dir, config.transform,
+                                                      group_info, config.seed, config.num_shards, config.name))
+    errors = (results["dead_letters"]
+              | "CollectErrors" >> beam.combiners.ToList()
+              | "NameErrors" >> beam.Map(_named, ERRORS))
+    selection = results["selection"] | "NameSelection" >> beam.Map(_named, SELECTION)
+    shards = (results["shards"]
+              | "CollectShardStats" >> beam.combiners.ToList()
+              | "NameShardStats" >> beam.Map(_named, SHARDS))
+    # One sink for all three: the pipeline then ends in a single leaf that depends on every branch. Beam's Dask
+    # runner computes only the last leaf of a graph, so separate sinks lost all but one there (the dead letters).
+    _ = ((errors, selection, shards)
+         | "Results" >> beam.Flatten()
+         | "WriteResults" >> beam.Map(_write_result, meta_dir))
 
+
+ERRORS, SELECTION, SHARDS = "errors.json", "selection.json", "shards.json"  # the graph's results, as the driver reads
+
+
+def _named(value, name: str) -> tuple:
+    if name == ERRORS:
+        value = [error._asdict() for error in sorted(value, key=lambda e: (e.name, e.stage))]
+    return name, value
+
+
+def _write_result(named: tuple, meta_dir: str) -> None:
+    write_json(fileio.join(meta_dir, named[0]), named[1])
 
 # --- the driver --------------------------------------------------------------------------------------------------
 
@@ -426,7 +219,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
         LOG.info("%d images listed; %d candidates for %s", len(rows), num_candidates,
                  ", ".join(f"{g.split}{'' if g.label is None else '/' + schema.CLASS_NAMES[g.label]}="
                            f"{g.target if g.target is not None else 'all'}" for g in groups))
-        _run_beam(groups, source, config, work_dir, beam_args, big=num_candidates >= 4 * CHUNK_SIZE)
+        _run_beam(groups, source, config, work_dir, beam_args, big=num_candidates >= 4 * graph.CHUNK_SIZE)
         manifest = _finish(config, work_dir, source_info, start)
     finally:
         if fileio.exists(work_dir):
@@ -525,15 +318,12 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
     """Writes manifest.json, TFDS metadata, splits/*.txt and errors.jsonl, then publishes work_dir as the output
     folder."""
     meta_dir = fileio.join(work_dir, _META)
-    selection = json.loads(fileio.read_bytes(fileio.join(meta_dir, "selection.json")))
-    errors_path = fileio.join(meta_dir, "errors.json")
-    errors = json.loads(fileio.read_bytes(errors_path)) if fileio.exists(errors_path) else []
+    selection = json.loads(fileio.read_bytes(fileio.join(meta_dir, SELECTION)))
+    errors = json.loads(fileio.read_bytes(fileio.join(meta_dir, ERRORS)))
     _refuse_shortfall(selection, errors)
     shard_stats: Dict[str, List[dict]] = {}
-    for name in fileio.listdir(meta_dir):
-        if name.startswith("shard-"):
-            stats = json.loads(fileio.read_bytes(fileio.join(meta_dir, name)))
-            shard_stats.setdefault(stats["split"], []).append(stats)
+    for stats in json.loads(fileio.read_bytes(fileio.join(meta_dir, SHARDS))):
+        shard_stats.setdefault(stats["split"], []).append(stats)
     split_info = {}
     for split in schema.SPLITS:
         if split not in selection["splits"]:

@@ -316,9 +316,9 @@ class FlakyImageSource(celeba.ImageSource):
 
 
 def test_transient_read_errors_are_retried_and_change_nothing(celeba_txt, records_dir, tmp_path, monkeypatch):
-    from preprocessing import pipeline
+    from preprocessing import graph
 
-    monkeypatch.setattr(pipeline, "READ_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(graph, "READ_RETRY_SECONDS", 0.0)
     monkeypatch.setattr(celeba.ImageSource, "for_layout",
                         classmethod(lambda cls, layout: FlakyImageSource(layout.image_dir, layout.image_zip)))
     chosen = sorted(n for split in ("train", "validation", "test")
@@ -330,7 +330,7 @@ def test_transient_read_errors_are_retried_and_change_nothing(celeba_txt, record
     clean = manifest_lib.read_manifest(records_dir)  # the same flags, no failures
     assert manifest["splits"] == clean["splits"]  # the same shards, byte for byte
 
-    FlakyImageSource.flaky = {chosen[0]: pipeline.READ_ATTEMPTS}  # never readable in time: the job fails
+    FlakyImageSource.flaky = {chosen[0]: graph.READ_ATTEMPTS}  # never readable in time: the job fails
     out = str(tmp_path / "failed")
     with pytest.raises(Exception, match="connection reset"):
         build(celeba_txt, out)
