@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -153,56 +153,102 @@ def _records(files: List[str], pipelines: int, pipeline_id: int, shuffle_seed: O
     return ds
 
 
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """How an input pipeline cuts one pass over its data, shared by the streamed records (records_dataset_fn) and
+    the cached features (feature_cache.dataset_fn): the global batch; for training, the shuffle (its buffer, and the
+    epoch's seed derived from the run's) and the resume point (the steps the epoch already trained)."""
+    global_batch: int
+    training: bool
+    shuffle_buffer: int = 2048
+    seed: Optional[int] = None
+    epoch: int = 0
+    skip_steps: int = 0
+
+    @property
+    def shuffle_seed(self) -> Optional[int]:
+        return epoch_seed(self.seed, self.epoch)
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.training or self.seed is not None
+
+    def share(self, input_context: Optional[tf.distribute.InputContext]) -> Tuple[int, int, int]:
+        """(per-replica batch, number of input pipelines, this pipeline's index)."""
+        if input_context is None:
+            return self.global_batch, 1, 0
+        return (input_context.get_per_replica_batch_size(self.global_batch), input_context.num_input_pipelines,
+                input_context.input_pipeline_id)
+
+    def skip_examples(self, pipelines: int) -> int:
+        """The examples this input pipeline already fed in the resumed epoch (its share of skip_steps batches)."""
+        return self.skip_steps * (self.global_batch // pipelines)
+
+    def shuffled(self, ds: tf.data.Dataset, pipelines: int) -> tf.data.Dataset:
+        """Training order: shuffled with the epoch's seed, repeated, resumed where the epoch stopped."""
+        ds = ds.shuffle(self.shuffle_buffer, seed=self.shuffle_seed, reshuffle_each_iteration=True).repeat()
+        return ds.skip(self.skip_examples(pipelines))
+
+    def batched(self, ds: tf.data.Dataset, batch: int, pipelines: int,
+                drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
+        """Per-replica batches (partial ones dropped in training unless said otherwise), options, prefetch."""
+        ds = ds.batch(batch, drop_remainder=self.training if drop_remainder is None else drop_remainder)
+        options = tf.data.Options()
+        options.deterministic = self.deterministic
+        if pipelines > 1:  # each pipeline already reads its own share
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.with_options(options).prefetch(AUTOTUNE)
+
+
 def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, training: bool,
                     shuffle_buffer: int = 2048, augment_images: bool = False, cache: bool = False,
                     seed: Optional[int] = None, with_extras: bool = False,
                     drop_remainder: Optional[bool] = None, epoch: int = 0, skip_steps: int = 0,
                     memory_cache: Optional[Dict[int, tf.data.Dataset]] = None, data_service: str = "",
                     job_name: str = "") -> Callable:
-    """A dataset_fn(input_context) yielding per-replica batches; usable with or without a strategy.
+    """records_dataset_fn with the InputSpec given field by field (the tests' and benchmarks' shorthand)."""
+    spec = InputSpec(global_batch_size, training, shuffle_buffer, seed, epoch, skip_steps)
+    return records_dataset_fn(files, image_size, spec, augment_images, cache, with_extras, drop_remainder,
+                              memory_cache, data_service, job_name)
 
-    Training pipelines shuffle with epoch_seed(seed, epoch) and skip the first `skip_steps` global batches (a resumed
-    epoch continues its own order, so every example of the epoch is seen once). Each input pipeline reads its own
-    shards (or every n-th record when there are fewer shards than pipelines), so each example is read exactly once.
-    With `cache`, pass the same `memory_cache` dict every epoch: the decoded images it holds are then kept.
-    With `data_service` (training only), the whole pipeline runs on the tf.data service's workers instead; see
-    _from_service.
+
+def records_dataset_fn(files: List[str], image_size: int, spec: InputSpec, augment_images: bool = False,
+                       cache: bool = False, with_extras: bool = False, drop_remainder: Optional[bool] = None,
+                       memory_cache: Optional[Dict[int, tf.data.Dataset]] = None, data_service: str = "",
+                       job_name: str = "") -> Callable:
+    """A dataset_fn(input_context) of the records, per-replica batches; usable with or without a strategy.
+
+    Training pipelines follow `spec` (the epoch's order, resumed after its skip_steps: every example of the epoch
+    is seen once). Each input pipeline reads its own shards (or every n-th record when there are fewer shards than
+    pipelines), so each example is read exactly once. With `cache`, pass the same `memory_cache` dict every epoch:
+    the decoded images it holds are then kept. With `data_service` (training only), the whole pipeline runs on the
+    tf.data service's workers instead; see _from_service.
     """
-    drop_remainder = training if drop_remainder is None else drop_remainder
-    deterministic = not training or seed is not None
-    shuffle_seed = epoch_seed(seed, epoch)
     decode_fn = lambda r: decode(r, image_size, with_extras)  # noqa: E731
     cached = {} if memory_cache is None else memory_cache  # --cache: one decoded dataset per pipeline
+    training, deterministic = spec.training, spec.deterministic
 
     def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
-        batch, pipelines, pipeline_id = global_batch_size, 1, 0
-        if input_context is not None:
-            batch = input_context.get_per_replica_batch_size(global_batch_size)
-            pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-        skip = skip_steps * (global_batch_size // pipelines)  # the examples this pipeline already fed
+        batch, pipelines, pipeline_id = spec.share(input_context)
         if training and data_service:
-            return _from_service(files, decode_fn, batch, shuffle_buffer, augment_images, data_service, job_name)
+            return _from_service(files, decode_fn, batch, spec.shuffle_buffer, augment_images, data_service, job_name)
         if cache:  # decode once, keep the pixels; the shuffle comes after the cache, so each epoch differs
             if pipeline_id not in cached:
                 cached[pipeline_id] = _records(files, pipelines, pipeline_id, None, deterministic).map(
                     decode_fn, num_parallel_calls=AUTOTUNE).cache()
             ds = cached[pipeline_id]
             if training:
-                ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed).repeat().skip(skip)
+                ds = spec.shuffled(ds, pipelines)
         else:
-            ds = _records(files, pipelines, pipeline_id, shuffle_seed if training else None, deterministic,
+            ds = _records(files, pipelines, pipeline_id, spec.shuffle_seed if training else None, deterministic,
                           shuffle_files=training)
             if training:
-                ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True).repeat().skip(skip)
+                ds = spec.shuffled(ds, pipelines)
             ds = ds.map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if training and augment_images:  # flips seeded per epoch too, by position in the epoch
-            ds = ds.enumerate(start=skip).map(_seeded_flip(shuffle_seed), num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(batch, drop_remainder=drop_remainder)
-        options = tf.data.Options()
-        options.deterministic = deterministic
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return ds.with_options(options).prefetch(AUTOTUNE)
+            ds = ds.enumerate(start=spec.skip_examples(pipelines)).map(_seeded_flip(spec.shuffle_seed),
+                                                                      num_parallel_calls=AUTOTUNE)
+        return spec.batched(ds, batch, pipelines, drop_remainder)
 
     return dataset_fn
 
@@ -268,9 +314,9 @@ def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool, 
     worker share it, and a rerun or resume starts a job of its own."""
     job = hashlib.sha256(f"{config.model_dir}|{epoch}|{skip_steps}".encode()).hexdigest()[:16]
     num_train = info.num_examples("train")
-    return make_dataset_fn(
-        info.files(split), info.image_size, config.batch_size, training=training,
-        shuffle_buffer=config.shuffle_buffer, augment_images=config.augment and training,
-        cache=config.cache and training and fits_in_memory(num_train, info.image_size), seed=config.seed,
-        with_extras=with_extras, epoch=epoch, skip_steps=skip_steps, memory_cache=memory_cache,
-        data_service=config.data_service if training else "", job_name=f"celeba-train-{job}")
+    spec = InputSpec(config.batch_size, training, config.shuffle_buffer, config.seed, epoch, skip_steps)
+    return records_dataset_fn(
+        info.files(split), info.image_size, spec, augment_images=config.augment and training,
+        cache=config.cache and training and fits_in_memory(num_train, info.image_size), with_extras=with_extras,
+        memory_cache=memory_cache, data_service=config.data_service if training else "",
+        job_name=f"celeba-train-{job}")

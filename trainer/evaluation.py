@@ -55,8 +55,8 @@ class Validation:
         """(val_loss, val_accuracy)."""
         config = self.config
         if on_cached_features:
-            dataset_fn = feature_cache.dataset_fn(self.features.split_path("validation"), config.batch_size, False,
-                                                  1, config.seed)
+            dataset_fn = feature_cache.dataset_fn(self.features.split_path("validation"),
+                                                  data.InputSpec(config.batch_size, training=False))
             which, net = "head", model_lib.head_model(self.net)
         else:
             dataset_fn = data.streaming_dataset_fn(config, self.info, "validation", training=False)

@@ -144,22 +144,17 @@ def load(folder: str) -> tf.data.Dataset:
     return functools.reduce(lambda a, b: a.concatenate(b), parts)
 
 
-def dataset_fn(path: str, global_batch: int, training: bool, buffer: int, seed: int,
-               skip_steps: int = 0) -> Callable:
-    """A dataset_fn(input_context) over this pipeline's cached features read from their folder: shuffled (a buffer
-    of `buffer` examples, seeded per epoch) and resumed at `skip_steps` for training; in order, every example once,
-    otherwise. (Training on features that fit in memory takes the faster resident path: `Resident`.)"""
+def dataset_fn(path: str, spec: data.InputSpec) -> Callable:
+    """A dataset_fn(input_context) over this pipeline's cached features read from their folder, cut as `spec` says
+    (the same InputSpec as the streamed records: shuffled per epoch and resumed for training; in order, every
+    example once, otherwise). Training on features that fit in memory takes the faster resident path: `Resident`."""
 
     def make(input_context=None):
-        batch, pipelines, pipeline_id = global_batch, 1, 0
-        if input_context is not None:
-            batch = input_context.get_per_replica_batch_size(global_batch)
-            pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        batch, pipelines, pipeline_id = spec.share(input_context)
         ds = load(worker_folder(path, pipeline_id, pipelines))
-        if training:
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-            ds = ds.skip(skip_steps * (global_batch // pipelines))
-        return ds.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+        if spec.training:
+            ds = spec.shuffled(ds, pipelines)
+        return spec.batched(ds, batch, pipelines)
 
     return make
 

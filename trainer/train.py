@@ -221,9 +221,8 @@ class Trainer:
         if self.features is None:
             return Phase("head", self.model, self.optimizers["optimizer"], config.lr, streaming, False)
         seed, resident = data.epoch_seed(config.seed, epoch), self.features.resident()  # in memory, or read
-        dataset_fn = None if resident else feature_cache.dataset_fn(
-            self.features.split_path("train"), config.batch_size, True, max(config.shuffle_buffer, 10000), seed,
-            first_step)
+        dataset_fn = None if resident else feature_cache.dataset_fn(self.features.split_path("train"), data.InputSpec(
+            config.batch_size, True, max(config.shuffle_buffer, 10000), config.seed, epoch, first_step))
         return Phase("head", model_lib.head_model(self.model), self.optimizers["optimizer"], config.lr, dataset_fn,
                      True, resident, seed)
 

@@ -71,7 +71,8 @@ def train_streamed_features(strategy, info, path):
     starting at step 1 of the epoch as a resume would."""
     net, head, optimizer = _net_head_optimizer(strategy, info)
     feature_cache.extract(strategy, net, info, "train", path, 12)  # 120 = 10 x 12: [6, 6] per step on 2 replicas
-    dataset_fn = feature_cache.dataset_fn(path, GLOBAL_BATCH, True, buffer=64, seed=5, skip_steps=1)
+    dataset_fn = feature_cache.dataset_fn(path, data.InputSpec(GLOBAL_BATCH, True, shuffle_buffer=64, seed=5,
+                                                               skip_steps=1))
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     loop = make_train_step(strategy, head, optimizer, GLOBAL_BATCH, loss_scaling=False)
     losses = [float(loop(iterator, False, tf.constant(2))[0])]
