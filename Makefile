@@ -23,7 +23,7 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 test: install
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 # The fast layer: unit tests of the pure modules, the records' golden hashes and in-process model tests (<90 s).
 check: install
