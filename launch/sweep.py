@@ -131,11 +131,10 @@ def _run_local(args: Sequence[str], log_path: str) -> tuple:
     return proc.returncode, reason
 
 
-def shares_features(trainer_args: Sequence[str]) -> bool:
-    """Whether the cells' head phase trains on cached features (so one extraction serves the whole grid)."""
-    flag = lambda name: vertex_lib.trainer_flag(trainer_args, name)  # noqa: E731
-    return flag("feature_cache") != "off" and flag("augment") in (None, "false", "0") and \
-        "--augment" not in trainer_args
+def shares_features(trainer) -> bool:
+    """Whether the cells' head phase trains on cached features (so one extraction serves the whole grid); `trainer`
+    is the cells' parsed TrainConfig (vertex.parse_trainer_flags)."""
+    return trainer.feature_cache != "off" and not trainer.augment
 
 
 def _extract_once(lrs, batch_sizes, output_dir: str, trainer_args: Sequence[str]) -> None:
@@ -151,11 +150,11 @@ def _extract_once(lrs, batch_sizes, output_dir: str, trainer_args: Sequence[str]
               f"extracts its own", flush=True)
 
 
-def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], jobs: dict) -> Optional[str]:
+def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], cache: str,
+                       jobs: dict) -> Optional[str]:
     """With --vertex: the one GPU job that fills the shared gs:// cache; None once it is known to have finished."""
     from trainer.cache_layout import finished
 
-    cache = vertex_lib.trainer_flag(trainer_args, "feature_cache_dir") or ""
     if not cache.startswith("gs://"):
         return None  # each cell extracts its own features, as a single run does
     if "extract" in jobs and any(finished(entry, "validation") for entry in fileio.glob(fileio.join(cache, "*"))):
@@ -230,18 +229,19 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
     jobs = json.loads(fileio.read_bytes(jobs_path)) if vertex and not dry_run and fileio.exists(jobs_path) else {}
     finished = lambda model_dir: not dry_run and fileio.exists(fileio.join(model_dir, "metrics.json"))  # noqa: E731
     unfinished = [1 for lr in lrs for bs in batch_sizes if not finished(fileio.join(output_dir, cell_name(lr, bs)))]
-    if unfinished and shares_features(trainer_args) and not vertex:
+    trainer = vertex_lib.parse_trainer_flags(trainer_args)  # the cells' settings, as trainer.main will read them
+    if unfinished and shares_features(trainer) and not vertex:
         _extract_once(lrs, batch_sizes, output_dir, trainer_args)
-    if unfinished and shares_features(trainer_args) and vertex:
+    if unfinished and shares_features(trainer) and vertex:
         extraction = _submit_extraction(
             dataclasses.replace(vertex, base_output_dir=fileio.join(output_dir, "extract_features")), trainer_args,
-            jobs)
+            trainer.feature_cache_dir, jobs)
         if extraction and extraction != "dry run":
             fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
             print(f"[sweep] extracting the features once ({extraction}); rerun this command when it has finished "
                   f"to submit the cells, which then need no GPU", flush=True)
             return rows
-        if extraction or vertex_lib.trainer_flag(trainer_args, "feature_cache_dir"):
+        if extraction or trainer.feature_cache_dir:
             vertex = dataclasses.replace(vertex, machine_type=cell_machine_type, accelerator_type=None,
                                          accelerator_count=0)
     runner = VertexCells(vertex, epochs, trainer_args, jobs, jobs_path) if vertex else \

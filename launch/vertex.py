@@ -228,6 +228,12 @@ def check_batch_size(args: Sequence[str], replica_count: int, accelerator_count:
 def check_trainer_flags(args: Sequence[str]) -> None:
     """The trainer's flags parsed and checked as trainer.main will parse and check them (no file is read), so a
     typo or a bad value fails here in a second, not after the cloud machines have started."""
+    parse_trainer_flags(args)
+
+
+def parse_trainer_flags(args: Sequence[str]):
+    """The TrainConfig that trainer.main will build from `args` (checked, no file read; model_dir a placeholder
+    when absent): launchers ask it, never the strings."""
     from absl import flags
 
     from trainer.config import TrainConfig
@@ -240,7 +246,9 @@ def check_trainer_flags(args: Sequence[str]) -> None:
         raise UserError(f"trainer flags after the --: {' '.join(str(e).split())}") from None
     if extra:
         raise UserError(f"trainer flags after the --: unexpected argument {extra[0]}")
-    from_flags(TrainConfig, values, model_dir=values["model_dir"].value or "model").check_values()
+    config = from_flags(TrainConfig, values, model_dir=values["model_dir"].value or "model")
+    config.check_values()
+    return config
 
 
 def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None,

@@ -203,3 +203,15 @@ def test_sweep_cells_have_typed_states_and_folders_of_their_own():
     cell.status, cell.detail = sweep.Status.SUBMITTED, "projects/p/locations/r/customJobs/1"
     assert cell.row()["status"] == "submitted projects/p/locations/r/customJobs/1"
     assert sweep.Cell(1e-3, 8, "m", sweep.Status.DRY_RUN).row()["status"] == "dry run"
+
+
+def test_the_sweep_reads_the_trainer_flags_as_the_trainer_does():
+    """Not by matching strings: `--augment=false`, `--noaugment` and `--feature_cache off` mean what they mean."""
+    parse = vertex.parse_trainer_flags
+    assert sweep.shares_features(parse(["--data_dir=d", "--augment=false"]))
+    assert sweep.shares_features(parse(["--noaugment"]))
+    assert not sweep.shares_features(parse(["--augment"]))
+    assert not sweep.shares_features(parse(["--feature_cache", "off"]))
+    assert parse(["--feature_cache_dir=gs://b/f"]).feature_cache_dir == "gs://b/f"
+    with pytest.raises(UserError, match="trainer flags after the --"):
+        parse(["--no_such_flag=1"])
