@@ -200,25 +200,9 @@ def _seconds(duration: Optional[str]) -> Optional[int]:
     return int(duration[:-1]) if duration else None
 
 
-def trainer_flag(args: Sequence[str], name: str) -> Optional[str]:
-    """The value of --name in the trainer's args (`--name=V` or `--name V`), or None."""
-    for i, arg in enumerate(args):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(args):
-            return args[i + 1]
-    return None
-
-
 def check_batch_size(args: Sequence[str], replica_count: int, accelerator_count: int) -> None:
     """The trainer's global batch must split evenly over every GPU of the job (one replica per CPU-only machine)."""
-    from trainer.config import TrainConfig
-
-    raw = trainer_flag(args, "batch_size")
-    try:
-        batch = int(raw) if raw is not None else TrainConfig.batch_size
-    except ValueError:
-        raise UserError(f"--batch_size={raw}: expected an integer") from None
+    batch = parse_trainer_flags(args).batch_size
     replicas = max(replica_count, 1) * max(accelerator_count, 1)
     if batch <= 0 or batch % replicas:
         raise UserError(f"--batch_size={batch} does not divide by the job's {replicas} GPUs ({replica_count} "
