@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import time
 from typing import Dict, List, NamedTuple, Sequence, Tuple
@@ -235,9 +236,9 @@ class BuildRecords(beam.PTransform):
     """The records job's graph: chunk ids in; out, as PCollections, what the driver needs to finish the job.
 
         chunk ids ─► TransformChunks ─┬─► DeadLetters ─────────────────────────────────► dead_letters
-                                      └─► Readable ─► CollectLocations ─┬─► PlanSelection ─► selection (one dict)
-                                                                        └─► PlanShards ─► SpreadShards
-                                                                              ─► WriteShards ─► shards (stats)
+                                      └─► Readable ─► CollectLocations ─► PlanShards ─┬─► Selection ─► selection
+                                                                  ShardPlans ◄────────┘   (one dict)
+                                                                  ─► SpreadShards ─► WriteShards ─► shards (stats)
 
     The shard files are the one side effect inside (written under output_dir, from the chunk files under
     chunk_dir); the driver writes the three results at labelled sinks (pipeline.build_pipeline).
@@ -254,23 +255,13 @@ class BuildRecords(beam.PTransform):
         transformed = chunk_ids | "TransformChunks" >> beam.ParDo(
             TransformChunk(self.source, self.candidates_path, self.chunk_dir, self.transform))
         dead_letters = transformed | "DeadLetters" >> beam.Filter(_is_instance, DeadLetter)
-        located = (transformed
+        planned = (transformed
                    | "Readable" >> beam.Filter(_is_instance, Located)
-                   | "CollectLocations" >> beam.combiners.ToList())
-        plan = (self.groups, self.seed, self.num_shards)
-        # Two branches from the one list (as the Dask runner supports), each taking its half of plan_shards' pure
-        # result: the selection for the driver, the shard plans for the writers.
-        selection = located | "PlanSelection" >> beam.Map(_selection, *plan)
-        shards = (located
-                  | "PlanShards" >> beam.FlatMap(_plans, *plan)
+                   | "CollectLocations" >> beam.combiners.ToList()
+                   | "PlanShards" >> beam.Map(plan_shards, self.groups, self.seed, self.num_shards))
+        shards = (planned
+                  | "ShardPlans" >> beam.FlatMap(operator.itemgetter(1))
                   | "SpreadShards" >> beam.Reshuffle()
                   | "WriteShards" >> beam.ParDo(WriteShard(self.output_dir, self.chunk_dir, self.name)))
-        return {"dead_letters": dead_letters, "selection": selection, "shards": shards}
-
-
-def _selection(located: List[Located], groups: List[dict], seed: int, num_shards: int) -> dict:
-    return plan_shards(located, groups, seed, num_shards)[0]
-
-
-def _plans(located: List[Located], groups: List[dict], seed: int, num_shards: int) -> List[ShardPlan]:
-    return plan_shards(located, groups, seed, num_shards)[1]
+        return {"dead_letters": dead_letters, "selection": planned | "Selection" >> beam.Map(operator.itemgetter(0)),
+                "shards": shards}

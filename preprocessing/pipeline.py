@@ -67,6 +67,7 @@ def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: cel
                                                       group_info, config.seed, config.num_shards, config.name))
     errors = (results["dead_letters"]
               | "CollectErrors" >> beam.combiners.ToList()
+              | "SortErrors" >> beam.Map(_error_rows)
               | "NameErrors" >> beam.Map(_named, ERRORS))
     selection = results["selection"] | "NameSelection" >> beam.Map(_named, SELECTION)
     shards = (results["shards"]
@@ -82,9 +83,11 @@ def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: cel
 ERRORS, SELECTION, SHARDS = "errors.json", "selection.json", "shards.json"  # the graph's results, as the driver reads
 
 
+def _error_rows(dead: List[graph.DeadLetter]) -> List[dict]:
+    return [error._asdict() for error in sorted(dead, key=lambda e: (e.name, e.stage))]
+
+
 def _named(value, name: str) -> tuple:
-    if name == ERRORS:
-        value = [error._asdict() for error in sorted(value, key=lambda e: (e.name, e.stage))]
     return name, value
 
 
