@@ -124,7 +124,8 @@ class Transform:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
     def describe(self) -> str:
-        return f"{self.image_size}x{self.image_size} {self.resize_mode}, JPEG quality {self.jpeg_quality}"
+        """e.g. `image_size=224, jpeg_quality=95, resize_mode=crop`: what error messages compare."""
+        return ", ".join(f"{key}={value}" for key, value in sorted(self.as_dict().items()))
 
 
 def transform_image(data: bytes, transform: Transform = Transform()) -> bytes:

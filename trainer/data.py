@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from celeba_common import fileio
 from celeba_common.errors import UserError
-from dataset_format import manifest as manifest_lib, schema
+from dataset_format import manifest as manifest_lib, schema, tfrecord
 from dataset_format.transform import Transform
 from trainer.config import check_training_splits
 
@@ -89,8 +89,6 @@ def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetIn
 def _check_image_size(info: DatasetInfo) -> None:
     """UserError when the first train record's image is not the manifest's size (an edited manifest): the input
     pipeline would fail on it in its first step, with a TensorFlow traceback."""
-    from dataset_format import tfrecord
-
     with fileio.open_read(info.files("train")[0]) as handle:
         first = next(tfrecord.iter_records(handle), None)
     if first is None:

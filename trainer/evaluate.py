@@ -54,17 +54,13 @@ def run(config: EvaluateConfig) -> dict:
 
     trained = trained_transform(config.model_dir)
     if trained and trained != info.transform:  # same size, another crop or JPEG quality: wrong, not failing
-        raise UserError(f"the model was trained on records made with {_describe(trained)}, but {data_dir} holds "
-                        f"records made with {_describe(info.transform)}")
+        raise UserError(f"the model was trained on records made with {trained.describe()}, but {data_dir} holds "
+                        f"records made with {info.transform.describe()}")
     result = evaluate_model(model, info, config.split, config.batch_size, strategy)
     result["replicas"] = strategy.num_replicas_in_sync
     result["data_dir"] = data_dir
     save_evaluation(result, config.model_dir, suffix=f"_{config.split}")
     return result
-
-
-def _describe(transform) -> str:
-    return ", ".join(f"{key}={value}" for key, value in sorted(transform.as_dict().items()))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -70,9 +70,9 @@ PART_EXAMPLES = 4096  # features are saved in parts of this many examples, so ex
 
 
 def _save_part(folder: str, index: int, features: List[np.ndarray], labels: List[np.ndarray]) -> int:
-    features_, labels_ = np.concatenate(features), np.concatenate(labels)
-    tf.data.Dataset.from_tensor_slices((features_, labels_)).save(fileio.join(folder, f"part-{index:05d}"))
-    return len(labels_)
+    part = (np.concatenate(features), np.concatenate(labels))
+    tf.data.Dataset.from_tensor_slices(part).save(fileio.join(folder, f"part-{index:05d}"))
+    return len(part[1])
 
 
 def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, split: str, path: str,
