@@ -260,27 +260,29 @@ def _testing_credentials() -> bool:
         bool(os.environ.get("GOOGLE_AUTH_TOKEN_FOR_TESTING"))
 
 
-def _unanswered(seconds: float):
-    """(why Cloud Storage does not answer, or None; where it was asked). The question runs in a thread, so that a
-    resolver or a proxy that never answers costs `seconds`, not its own timeouts."""
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST") if not _gfile() else None  # Beam's client honours it
+def _url(text: str):
+    return urlparse(text if "://" in text else f"http://{text}")
+
+
+def https_proxy():
+    """$HTTPS_PROXY (or $https_proxy) parsed, as both storage clients and TFDS's downloads go through it; or None."""
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    target = urlparse(emulator if "://" in (emulator or "://") else f"http://{emulator}") if emulator else None
-    if proxy and not emulator:
-        target = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    where = (f"the emulator {target.hostname}:{target.port}" if emulator else
-             f"{GCS_HOST}:443 through the proxy {target.hostname}:{target.port}" if target else f"{GCS_HOST}:443")
+    return _url(proxy) if proxy else None
+
+
+def unanswered(host: str, port: int, seconds: float, proxy=None) -> Optional[str]:
+    """Why host:port does not accept a connection within `seconds` (through `proxy`, an https_proxy() URL, with a
+    CONNECT), or None when it does. The question runs in a thread, so that a resolver or a proxy that never answers
+    costs `seconds`, not its own timeouts."""
     outcome: dict = {}
 
     def ask() -> None:
         try:
-            if target is None:
-                socket.create_connection((GCS_HOST, 443), timeout=seconds).close()
+            if proxy is None:
+                socket.create_connection((host, port), timeout=seconds).close()
                 return
-            with socket.create_connection((target.hostname, target.port or 80), timeout=seconds) as s:
-                if emulator:
-                    return
-                s.sendall(f"CONNECT {GCS_HOST}:443 HTTP/1.1\r\nHost: {GCS_HOST}:443\r\n\r\n".encode())
+            with socket.create_connection((proxy.hostname, proxy.port or 80), timeout=seconds) as s:
+                s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
                 status = s.recv(1024).split(b"\r\n")[0].decode(errors="replace")
                 if status.split()[1:2] != ["200"]:
                     outcome["reason"] = f"the proxy answered {status!r}"
@@ -290,6 +292,16 @@ def _unanswered(seconds: float):
     thread = threading.Thread(target=ask, daemon=True)
     thread.start()
     thread.join(seconds)
-    if thread.is_alive():
-        return f"no answer in {seconds:.0f} s", where
-    return outcome.get("reason"), where
+    return f"no answer in {seconds:.0f} s" if thread.is_alive() else outcome.get("reason")
+
+
+def _unanswered(seconds: float):
+    """(why Cloud Storage does not answer, or None; where it was asked): the emulator that Beam's client honours,
+    else storage.googleapis.com, through the proxy when one is set."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST") if not _gfile() else None
+    if emulator:
+        target = _url(emulator)
+        return unanswered(target.hostname, target.port or 80, seconds), f"the emulator {target.hostname}:{target.port}"
+    proxy = https_proxy()
+    where = f"{GCS_HOST}:443" + (f" through the proxy {proxy.hostname}:{proxy.port}" if proxy else "")
+    return unanswered(GCS_HOST, 443, seconds, proxy), where

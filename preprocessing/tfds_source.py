@@ -7,7 +7,6 @@ selection picks are staged as files in the job's work folder, and the same Beam 
 from __future__ import annotations
 
 import os
-import socket
 from typing import Dict, List, Optional, Tuple
 
 from celeba_common import fileio
@@ -23,11 +22,8 @@ DOWNLOAD_HOST = "drive.google.com"  # where TFDS's celeb_a builder downloads fro
 
 
 def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    """Whether TFDS's download could start: host:port answers, through $HTTPS_PROXY when one is set."""
+    return fileio.unanswered(host, port, timeout, fileio.https_proxy()) is None
 
 
 def _load_builder(data_dir: Optional[str]):
