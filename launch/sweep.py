@@ -223,12 +223,12 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
 
     With cached features, the backbone runs once first: locally here, on Vertex as its own GPU job, after which
     the cells (submitted by a rerun of the command, or at once in a dry run) need no GPU."""
-    rows = []
     dry_run = bool(vertex and vertex.dry_run)  # prints the jobs; reads and writes no storage
     jobs_path = fileio.join(output_dir, "vertex_jobs.json")
     jobs = json.loads(fileio.read_bytes(jobs_path)) if vertex and not dry_run and fileio.exists(jobs_path) else {}
     finished = lambda model_dir: not dry_run and fileio.exists(fileio.join(model_dir, "metrics.json"))  # noqa: E731
-    unfinished = [1 for lr in lrs for bs in batch_sizes if not finished(fileio.join(output_dir, cell_name(lr, bs)))]
+    cells = [Cell(lr, bs, fileio.join(output_dir, cell_name(lr, bs))) for lr in lrs for bs in batch_sizes]
+    unfinished = not all(finished(cell.model_dir) for cell in cells)
     trainer = vertex_lib.parse_trainer_flags(trainer_args)  # the cells' settings, as trainer.main will read them
     if unfinished and shares_features(trainer) and not vertex:
         _extract_once(lrs, batch_sizes, output_dir, trainer_args)
@@ -240,16 +240,13 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
             fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
             print(f"[sweep] extracting the features once ({extraction}); rerun this command when it has finished "
                   f"to submit the cells, which then need no GPU", flush=True)
-            return rows
+            return []
         if extraction or trainer.feature_cache_dir:
             vertex = dataclasses.replace(vertex, machine_type=cell_machine_type, accelerator_type=None,
                                          accelerator_count=0)
     runner = VertexCells(vertex, epochs, trainer_args, jobs, jobs_path) if vertex else \
         LocalCells(epochs, output_dir, trainer_args)
-    for lr in lrs:
-        for bs in batch_sizes:
-            cell = Cell(lr, bs, fileio.join(output_dir, cell_name(lr, bs)))
-            rows.append(_cell(cell, runner, finished, converged_epochs).row())
+    rows = [_cell(cell, runner, finished, converged_epochs).row() for cell in cells]
     if dry_run:
         print(f"[sweep] dry run: {len(rows)} cell jobs printed; nothing was read from or written to {output_dir}")
     else:
