@@ -140,14 +140,15 @@ def import_tensorflow_quietly() -> None:
 
 
 def import_tensorflow_for_remote(*paths: Optional[str], writes: Sequence[Optional[str]] = ()) -> None:
-    """Imports TensorFlow quietly now when any path is remote: the trainer's processes reach gs:// through
-    TensorFlow's filesystems (fileio), so even their cheap checks of a remote path need it. Then checks, within
-    seconds, that Cloud Storage answers and that there are credentials to write `writes` (fileio.check_gcs)."""
+    """When any path is remote: checks, within seconds, that Cloud Storage answers and that there are credentials to
+    write `writes` (fileio.check_gcs), before TensorFlow's start-up; then imports TensorFlow quietly, because the
+    trainer's processes reach gs:// through TensorFlow's filesystems (fileio), so even their cheap checks of a remote
+    path need it."""
     if any(path and "://" in path for path in (*paths, *writes)):
-        import_tensorflow_quietly()
         from celeba_common import fileio
 
-        fileio.check_gcs([*paths, *writes], writes=writes)
+        fileio.check_gcs([*paths, *writes], writes=writes, tensorflow=True)
+        import_tensorflow_quietly()
 
 
 def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Callable[[], None]] = None,

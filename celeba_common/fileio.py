@@ -228,19 +228,22 @@ GCS_ANSWER_SECONDS = 10.0
 
 
 def check_gcs(paths: Sequence[Optional[str]], writes: Sequence[Optional[str]] = (),
-              seconds: float = GCS_ANSWER_SECONDS) -> None:
+              seconds: float = GCS_ANSWER_SECONDS, tensorflow: Optional[bool] = None) -> None:
     """UserError within about `seconds` when a gs:// path is given and Cloud Storage does not answer (directly, or
     through $HTTPS_PROXY as both clients go), or when a gs:// path is to be written and no credentials are found.
-    Without it each client retries before its own traceback: Beam's for 120 s, TensorFlow's 10 times, over 3 min."""
+    Without it each client retries before its own traceback: Beam's for 120 s, TensorFlow's 10 times, over 3 min.
+    `tensorflow`: whether TensorFlow's client will do the I/O (None: whether it is loaded now), so that a process
+    can ask before TensorFlow's seconds of start-up."""
     remote = [p for p in paths if p and p.startswith("gs://")]
     if not remote:
         return
-    reason, where = _unanswered(seconds)
+    tensorflow = bool(_gfile()) if tensorflow is None else tensorflow
+    reason, where = _unanswered(seconds, tensorflow)
     if reason:
         raise UserError(f"cannot reach Cloud Storage for {remote[0]}: {where}: {reason}; check the network"
                         f"{' and the proxy' if 'proxy' in where else ''}")
     written = [p for p in writes if p and p.startswith("gs://")]
-    if written and not _testing_credentials():
+    if written and not _testing_credentials(tensorflow):
         try:
             import google.auth
             from google.auth.exceptions import GoogleAuthError
@@ -254,9 +257,9 @@ def check_gcs(paths: Sequence[Optional[str]], writes: Sequence[Optional[str]] = 
                             f"application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
 
 
-def _testing_credentials() -> bool:
+def _testing_credentials(tensorflow: bool) -> bool:
     """An emulator (Beam's client, anonymous) or TensorFlow's test token: what the tests write gs:// with."""
-    return bool(os.environ.get("STORAGE_EMULATOR_HOST") and not _gfile()) or \
+    return bool(os.environ.get("STORAGE_EMULATOR_HOST") and not tensorflow) or \
         bool(os.environ.get("GOOGLE_AUTH_TOKEN_FOR_TESTING"))
 
 
@@ -295,10 +298,10 @@ def unanswered(host: str, port: int, seconds: float, proxy=None) -> Optional[str
     return f"no answer in {seconds:.0f} s" if thread.is_alive() else outcome.get("reason")
 
 
-def _unanswered(seconds: float):
+def _unanswered(seconds: float, tensorflow: bool):
     """(why Cloud Storage does not answer, or None; where it was asked): the emulator that Beam's client honours,
     else storage.googleapis.com, through the proxy when one is set."""
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST") if not _gfile() else None
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST") if not tensorflow else None
     if emulator:
         target = _url(emulator)
         return unanswered(target.hostname, target.port or 80, seconds), f"the emulator {target.hostname}:{target.port}"

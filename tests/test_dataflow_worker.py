@@ -39,7 +39,7 @@ def test_the_workers_install_runs_the_records_job_without_tensorflow(celeba_txt,
     venv = str(tmp_path / "worker")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     python = os.path.join(venv, "bin", "python")
-    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
                               f"--constraint={os.path.join(ROOT, 'constraints.txt')}", wheel],
                              capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
