@@ -91,7 +91,8 @@ def main() -> None:
     files = info.files("train")
     steps = train // args.batch_size
 
-    ours = data.make_dataset_fn(files, info.image_size, args.batch_size, training=True, seed=1)().take(steps)
+    spec = data.InputSpec(args.batch_size, training=True, seed=1)
+    ours = data.records_dataset_fn(data.RecordsInput(files, info.image_size), spec)().take(steps)
 
     def raw(record):
         return tf.io.decode_jpeg(tf.io.parse_single_example(
@@ -113,7 +114,7 @@ def main() -> None:
         results["keras_directory"].append(images_per_sec(keras_ds))
     best = {k: max(v) for k, v in results.items()}
     # --cache: the first epoch decodes and keeps the pixels, later epochs read memory
-    cached = data.make_dataset_fn(files, info.image_size, args.batch_size, training=True, cache=True, seed=1)()
+    cached = data.records_dataset_fn(data.RecordsInput(files, info.image_size, cache=True), spec)()
     cached = cached.take(steps)
     images_per_sec(cached, warmup_batches=0)
     best["pipeline_cached"] = max(images_per_sec(cached) for _ in range(2))

@@ -87,7 +87,7 @@ def test_serving_images_matches_the_model_on_the_records(trained_run, learn_reco
 
     model_dir, _ = trained_run
     info = data.load(learn_records, verify=False)
-    images, _ = next(iter(data.make_dataset_fn(info.files("test"), info.image_size, 16, False)()))
+    images, _ = next(iter(data.records_dataset_fn(info.records("test"), data.InputSpec(16, False))()))
     served = tf.saved_model.load(os.path.join(model_dir, "export"))
     out = served.signatures["serving_images"](images=images)
     net = load_trained(model_dir)

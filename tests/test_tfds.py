@@ -25,8 +25,8 @@ def test_tfds_opens_every_split_with_exact_counts_and_our_examples(learn_records
         assert builder.info.splits[split].shard_lengths == [s["num_records"] for s in info["shards"]]
     label = builder.info.features["image"]["class"]["label"]
     assert label.names == list(schema.CLASS_NAMES)
-    images, labels, extras = list(data.make_dataset_fn(data.load(records_dir).files("test"), 32, 100, False,
-                                                       with_extras=True)())[0]
+    test = data.load(records_dir).records("test", with_extras=True)
+    images, labels, extras = list(data.records_dataset_fn(test, data.InputSpec(100, False))())[0]
     ours = {f: (i, y, a) for f, i, y, a in zip(extras["filename"].numpy(), images.numpy(),
                                                 np.argmax(labels.numpy(), -1), extras["attributes"].numpy())}
     theirs = list(tfds.as_numpy(builder.as_dataset(split="test")))

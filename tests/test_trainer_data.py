@@ -15,7 +15,7 @@ def _context(pipelines, index):
 
 def test_training_batches(records_dir):
     info = data.load(records_dir)
-    ds = data.make_dataset_fn(info.files("train"), info.image_size, 8, training=True, seed=1)()
+    ds = data.records_dataset_fn(info.records("train"), data.InputSpec(8, training=True, seed=1))()
     images, labels = next(iter(ds))
     assert images.dtype == tf.uint8 and images.shape == (8, 32, 32, 3)
     assert labels.shape == (8, 2) and np.allclose(labels.numpy().sum(axis=1), 1)
@@ -23,7 +23,7 @@ def test_training_batches(records_dir):
 
 def test_eval_is_complete_and_ordered(records_dir):
     info = data.load(records_dir)
-    make = data.make_dataset_fn(info.files("validation"), info.image_size, 7, training=False, with_extras=True)
+    make = data.records_dataset_fn(info.records("validation", with_extras=True), data.InputSpec(7, training=False))
     names = [n for _, _, extras in make() for n in extras["filename"].numpy()]
     assert len(names) == 20 and names == [n for _, _, e in make() for n in e["filename"].numpy()]
     listed = open(os.path.join(records_dir, "splits", "validation.txt")).read().split()
@@ -34,7 +34,7 @@ def test_per_replica_batch_and_sharding(records_dir):
     info = data.load(records_dir)
 
     def names(pipelines, index):
-        fn = data.make_dataset_fn(info.files("train"), info.image_size, 8, training=False, with_extras=True)
+        fn = data.records_dataset_fn(info.records("train", with_extras=True), data.InputSpec(8, training=False))
         ds = fn(_context(pipelines, index))
         batches = list(ds)
         assert batches[0][0].shape[0] == 8 // pipelines
@@ -48,7 +48,7 @@ def test_per_replica_batch_and_sharding(records_dir):
 
 def test_cache_gives_same_data(records_dir):
     info = data.load(records_dir)
-    fn = data.make_dataset_fn(info.files("test"), info.image_size, 5, training=False, cache=True)
+    fn = data.records_dataset_fn(info.records("test", cache=True), data.InputSpec(5, training=False))
     ds = fn()
     first = [x.numpy() for x, _ in ds]
     second = [x.numpy() for x, _ in ds]
@@ -86,8 +86,8 @@ def test_damaged_shard_is_named(records_dir, tmp_path, damage, needle):
 
 def _epoch_names(info, epoch, skip_steps=0, steps=15, augment=False):
     """The file names (and flipped-ness) a training epoch feeds, batch 8, 120 train images."""
-    make = data.make_dataset_fn(info.files("train"), info.image_size, 8, training=True, seed=7, with_extras=True,
-                                epoch=epoch, skip_steps=skip_steps, augment_images=augment)
+    make = data.records_dataset_fn(info.records("train", with_extras=True, augment=augment),
+                                   data.InputSpec(8, training=True, seed=7, epoch=epoch, skip_steps=skip_steps))
     out = []
     for images, _, extras in make().take(steps - skip_steps):
         out += list(zip(extras["filename"].numpy(), images.numpy().sum(axis=(1, 2, 3)) if augment else [0] * 8,

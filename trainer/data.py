@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -43,6 +43,10 @@ class DatasetInfo:
 
     def files(self, split: str) -> List[str]:
         return manifest_lib.shard_paths(self.data_dir, self.manifest, split)
+
+    def records(self, split: str, **options) -> "RecordsInput":
+        """The split's shards as a RecordsInput at the records' image size; `options` are its other fields."""
+        return RecordsInput(self.files(split), self.image_size, **options)
 
     def num_examples(self, split: str) -> int:
         return int(self.manifest["splits"][split]["num_examples"])
@@ -198,39 +202,41 @@ class InputSpec:
         return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def make_dataset_fn(files: List[str], image_size: int, global_batch_size: int, training: bool,
-                    shuffle_buffer: int = 2048, augment_images: bool = False, cache: bool = False,
-                    seed: Optional[int] = None, with_extras: bool = False,
-                    drop_remainder: Optional[bool] = None, epoch: int = 0, skip_steps: int = 0,
-                    memory_cache: Optional[Dict[int, tf.data.Dataset]] = None, data_service: str = "",
-                    job_name: str = "") -> Callable:
-    """records_dataset_fn with the InputSpec given field by field (the tests' and benchmarks' shorthand)."""
-    spec = InputSpec(global_batch_size, training, shuffle_buffer, seed, epoch, skip_steps)
-    return records_dataset_fn(files, image_size, spec, augment_images, cache, with_extras, drop_remainder,
-                              memory_cache, data_service, job_name)
+@dataclasses.dataclass(frozen=True)
+class RecordsInput:
+    """What an input pipeline reads from the records and makes of each example: the shards at their image size,
+    with or without the extras (file name, attributes); for training, seeded flips (`augment`), the decoded pixels
+    kept in memory across epochs (`cache`), or the whole pipeline run by a tf.data service (`data_service`, its
+    consumers sharing `job_name`)."""
+    files: Sequence[str]
+    image_size: int
+    with_extras: bool = False
+    augment: bool = False
+    cache: bool = False
+    data_service: str = ""
+    job_name: str = ""
 
 
-def records_dataset_fn(files: List[str], image_size: int, spec: InputSpec, augment_images: bool = False,
-                       cache: bool = False, with_extras: bool = False, drop_remainder: Optional[bool] = None,
-                       memory_cache: Optional[Dict[int, tf.data.Dataset]] = None, data_service: str = "",
-                       job_name: str = "") -> Callable:
+def records_dataset_fn(records: RecordsInput, spec: InputSpec,
+                       memory_cache: Optional[Dict[int, tf.data.Dataset]] = None,
+                       drop_remainder: Optional[bool] = None) -> Callable:
     """A dataset_fn(input_context) of the records, per-replica batches; usable with or without a strategy.
 
     Training pipelines follow `spec` (the epoch's order, resumed after its skip_steps: every example of the epoch
     is seen once). Each input pipeline reads its own shards (or every n-th record when there are fewer shards than
-    pipelines), so each example is read exactly once. With `cache`, pass the same `memory_cache` dict every epoch:
-    the decoded images it holds are then kept. With `data_service` (training only), the whole pipeline runs on the
-    tf.data service's workers instead; see _from_service.
+    pipelines), so each example is read exactly once. With `records.cache`, pass the same `memory_cache` dict every
+    epoch: the decoded images it holds are then kept. With `records.data_service` (training only), the whole
+    pipeline runs on the tf.data service's workers instead; see _from_service.
     """
-    decode_fn = lambda r: decode(r, image_size, with_extras)  # noqa: E731
+    decode_fn = lambda r: decode(r, records.image_size, records.with_extras)  # noqa: E731
     cached = {} if memory_cache is None else memory_cache  # --cache: one decoded dataset per pipeline
-    training, deterministic = spec.training, spec.deterministic
+    files, training, deterministic = records.files, spec.training, spec.deterministic
 
     def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
         batch, pipelines, pipeline_id = spec.share(input_context)
-        if training and data_service:
-            return _from_service(files, decode_fn, batch, spec.shuffle_buffer, augment_images, data_service, job_name)
-        if cache:  # decode once, keep the pixels; the shuffle comes after the cache, so each epoch differs
+        if training and records.data_service:
+            return _from_service(records, decode_fn, batch, spec.shuffle_buffer)
+        if records.cache:  # decode once, keep the pixels; the shuffle comes after the cache, so each epoch differs
             if pipeline_id not in cached:
                 cached[pipeline_id] = _records(files, pipelines, pipeline_id, None, deterministic).map(
                     decode_fn, num_parallel_calls=AUTOTUNE).cache()
@@ -243,7 +249,7 @@ def records_dataset_fn(files: List[str], image_size: int, spec: InputSpec, augme
             if training:
                 ds = spec.shuffled(ds, pipelines)
             ds = ds.map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        if training and augment_images:  # flips seeded per epoch too, by position in the epoch
+        if training and records.augment:  # flips seeded per epoch too, by position in the epoch
             ds = ds.enumerate(start=spec.skip_examples(pipelines)).map(_seeded_flip(spec.shuffle_seed),
                                                                       num_parallel_calls=AUTOTUNE)
         return spec.batched(ds, batch, pipelines, drop_remainder)
@@ -273,8 +279,7 @@ def check_service(address: str, wait: float = SERVICE_WAIT_SECONDS["address"]) -
             time.sleep(1.0)
 
 
-def _from_service(files: List[str], decode_fn: Callable, batch: int, shuffle_buffer: int, augment_images: bool,
-                  service: str, job_name: str) -> tf.data.Dataset:
+def _from_service(records: RecordsInput, decode_fn: Callable, batch: int, shuffle_buffer: int) -> tf.data.Dataset:
     """The training input read from a tf.data service in distributed_epoch mode (ShardingPolicy.DYNAMIC).
 
     The dispatcher hands the shard files out to the service's workers one at a time; each worker reads, shuffles,
@@ -283,13 +288,14 @@ def _from_service(files: List[str], decode_fn: Callable, batch: int, shuffle_buf
     service worker dies mid-file); the pass repeats, and an epoch takes its steps from this stream. The order is
     not reproducible, and a resumed epoch does not skip the batches it already trained on.
     """
-    ds = _records(files, 1, 0, None, deterministic=False)  # one pipeline: the service's workers split the files
+    ds = _records(records.files, 1, 0, None, deterministic=False)  # one pipeline: the service's workers split the files
     ds = ds.shuffle(shuffle_buffer).map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=False)
-    if augment_images:
+    if records.augment:
         ds = ds.map(lambda image, label: (tf.image.random_flip_left_right(image), label), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).repeat()
     ds = ds.apply(tf.data.experimental.service.distribute(
-        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service, job_name=job_name))
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=records.data_service,
+        job_name=records.job_name))
     return ds.prefetch(AUTOTUNE)
 
 
@@ -306,15 +312,14 @@ def _seeded_flip(seed: Optional[int]) -> Callable:
 def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool, epoch: int = 0,
                          skip_steps: int = 0, with_extras: bool = False,
                          memory_cache: Optional[Dict[int, tf.data.Dataset]] = None) -> Callable:
-    """make_dataset_fn with a TrainConfig's settings (augment, --cache and --data_service apply to training only).
+    """records_dataset_fn with a TrainConfig's settings (augment, --cache and --data_service apply to training only).
 
     A service job is named after the run folder, the epoch and the step it starts at: the input pipelines of every
     worker share it, and a rerun or resume starts a job of its own."""
     job = hashlib.sha256(f"{config.model_dir}|{epoch}|{skip_steps}".encode()).hexdigest()[:16]
     num_train = info.num_examples("train")
     spec = InputSpec(config.batch_size, training, config.shuffle_buffer, config.seed, epoch, skip_steps)
-    return records_dataset_fn(
-        info.files(split), info.image_size, spec, augment_images=config.augment and training,
-        cache=config.cache and training and fits_in_memory(num_train, info.image_size), with_extras=with_extras,
-        memory_cache=memory_cache, data_service=config.data_service if training else "",
-        job_name=f"celeba-train-{job}")
+    records = info.records(split, with_extras=with_extras, augment=config.augment and training,
+                           cache=config.cache and training and fits_in_memory(num_train, info.image_size),
+                           data_service=config.data_service if training else "", job_name=f"celeba-train-{job}")
+    return records_dataset_fn(records, spec, memory_cache)

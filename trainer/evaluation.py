@@ -32,8 +32,7 @@ def evaluate_model(net: keras.Model, info: data.DatasetInfo, split: str, batch_s
     the count differs from the manifest's.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    dataset_fn = data.make_dataset_fn(info.files(split), info.image_size, batch_size, training=False,
-                                      with_extras=True)
+    dataset_fn = data.records_dataset_fn(info.records(split, with_extras=True), data.InputSpec(batch_size, False))
     probs, labels, attributes = gather_predictions(strategy, net, dataset_fn)
     if len(labels) != info.num_examples(split):
         raise RuntimeError(f"evaluated {len(labels)} {split} examples, the manifest says {info.num_examples(split)}")

@@ -84,7 +84,7 @@ def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.Datas
     features = model_lib.feature_model(net)
     forward = tf.function(lambda x, y: (infer(features, x), y))
     seen: Dict[str, int] = {}
-    source_fn = data.make_dataset_fn(info.files(split), info.image_size, batch_size, training=False)
+    source_fn = data.records_dataset_fn(info.records(split), data.InputSpec(batch_size, training=False))
 
     def dataset_fn(context):
         seen.update(pipeline=context.input_pipeline_id, pipelines=context.num_input_pipelines)

@@ -33,7 +33,7 @@ def main():
     keras.utils.set_random_seed(1)
     with strategy.scope():
         net = model_lib.build_model(info.image_size, "none", (16,), 0.0, "flatten", seed=1)
-    val_fn = data.make_dataset_fn(info.files("validation"), info.image_size, BATCH, training=False)
+    val_fn = data.records_dataset_fn(info.records("validation"), data.InputSpec(BATCH, training=False))
     val_loss, val_accuracy = evaluate_distributed(strategy, make_evaluate(strategy, net), val_fn,
                                                   info.num_examples("validation"))
     test = evaluation.evaluate_model(net, info, "test", BATCH, strategy)

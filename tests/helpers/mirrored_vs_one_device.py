@@ -33,8 +33,8 @@ def train(strategy, info):
         net = model_lib.build_model(info.image_size, "none", (16,), 0.0, "flatten", seed=1)
         optimizer = keras.optimizers.Adam(1e-2)
         optimizer.build(net.trainable_variables)
-    dataset_fn = data.make_dataset_fn(info.files("train"), info.image_size, GLOBAL_BATCH, training=False,
-                                      drop_remainder=True)
+    dataset_fn = data.records_dataset_fn(info.records("train"), data.InputSpec(GLOBAL_BATCH, training=False),
+                                         drop_remainder=True)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     step = make_train_step(strategy, net, optimizer, GLOBAL_BATCH, loss_scaling=False)
     losses = [float(step(iterator)[0]) for _ in range(2)]
