@@ -38,10 +38,8 @@ def make_strategy(name: str = "auto", cross_device_ops: str = "auto"):
     """auto: multi-worker when the cluster has >1 task, mirrored over >1 GPU (or logical CPU), one GPU, else default."""
     import tensorflow as tf
 
-    if name not in STRATEGIES:
-        raise UserError(f"--strategy={name}: expected one of {', '.join(STRATEGIES)}")
-    if cross_device_ops not in CROSS_DEVICE_OPS:
-        raise UserError(f"--cross_device_ops={cross_device_ops}: expected one of {', '.join(CROSS_DEVICE_OPS)}")
+    if name not in STRATEGIES or cross_device_ops not in CROSS_DEVICE_OPS:  # the caller's mistake: TrainConfig
+        raise ValueError(f"unknown strategy {name!r} or cross-device ops {cross_device_ops!r}")  # checks the flags
     config = cluster.ensure_tf_config()
     if name == "auto" and cluster.num_tasks(config) > 1:
         name = "multi_worker"
@@ -180,8 +178,8 @@ def choose_precision(requested: str = "auto") -> str:
     """auto: mixed_float16 on GPUs of compute capability >= 7, mixed_bfloat16 on TPUs and bf16 CPUs, else float32."""
     import tensorflow as tf
 
-    if requested not in PRECISIONS:
-        raise UserError(f"--precision={requested}: expected one of {', '.join(PRECISIONS)}")
+    if requested not in PRECISIONS:  # the caller's mistake: --precision is checked by TrainConfig
+        raise ValueError(f"unknown precision {requested!r}, expected one of {PRECISIONS}")
     if requested != "auto":
         return requested
     if tf.config.list_logical_devices("TPU"):

@@ -69,8 +69,8 @@ def _backbone(image_size: int, weights: str) -> keras.Model:
 def build_model(image_size: int, weights: str = "imagenet", head_units: Sequence[int] = (256,),
                 dropout: float = 0.5, pooling: str = "flatten", seed: Optional[int] = None) -> keras.Model:
     """The classifier. Under a mixed policy the conv base and head compute in 16 bits; the softmax is float32."""
-    if pooling not in POOLINGS:
-        raise UserError(f"--pooling={pooling}: expected one of {', '.join(POOLINGS)}")
+    if pooling not in POOLINGS:  # the caller's mistake: --pooling is checked by TrainConfig
+        raise ValueError(f"unknown pooling {pooling!r}, expected one of {POOLINGS}")
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = VGGPreprocess(name="vgg_preprocess")(inputs)
     base = _backbone(image_size, weights)
