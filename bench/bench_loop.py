@@ -47,13 +47,13 @@ def _bare_loop(records: str, batch: int, epochs: int) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from trainer import data, feature_cache, model as model_lib
+    from trainer import cache_layout, data, feature_cache, model as model_lib
     from trainer.config import default_feature_cache_dir
 
     info = data.load(records, verify=False)
     keras.utils.set_random_seed(42)
     net = model_lib.build_model(info.image_size, "none", (256,), 0.5, "flatten", seed=42)
-    key = feature_cache.cache_key(feature_cache.key_facts(info, "none", "flatten", "float32", 42))
+    key = cache_layout.cache_key(cache_layout.key_facts(info.manifest, "none", "flatten", "float32", 42))
     saved = feature_cache.load(os.path.join(default_feature_cache_dir(), key, "train", "worker-0-of-1"))
     features, labels = next(iter(saved.batch(int(saved.cardinality()))))
     head = model_lib.head_model(net)

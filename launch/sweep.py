@@ -150,14 +150,25 @@ def _extract_once(lrs, batch_sizes, output_dir: str, trainer_args: Sequence[str]
               f"extracts its own", flush=True)
 
 
-def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], cache: str,
+def _extracted(trainer) -> bool:
+    """Whether the shared cache holds finished features of the grid's records, weights, pooling and seed (and
+    precision, unless `auto`, which the GPU machine resolved: an entry of any precision then serves)."""
+    from dataset_format.manifest import read_manifest
+    from trainer import cache_layout
+
+    facts = cache_layout.key_facts(read_manifest(trainer.data_dir), trainer.weights, trainer.pooling,
+                                   trainer.precision, trainer.seed)
+    unknown = ("precision",) if trainer.precision == "auto" else ()
+    return any(cache_layout.serves(entry, facts, unknown)
+               for entry in fileio.glob(fileio.join(trainer.feature_cache_dir, "*")))
+
+
+def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], trainer,
                        jobs: dict) -> Optional[str]:
     """With --vertex: the one GPU job that fills the shared gs:// cache; None once it is known to have finished."""
-    from trainer.cache_layout import finished
-
-    if not cache.startswith("gs://"):
+    if not trainer.feature_cache_dir.startswith("gs://"):
         return None  # each cell extracts its own features, as a single run does
-    if "extract" in jobs and any(finished(entry, "validation") for entry in fileio.glob(fileio.join(cache, "*"))):
+    if "extract" in jobs and _extracted(trainer):
         return None
     if "extract" not in jobs:
         jobs["extract"] = vertex_lib.launch(vertex, trainer_args, display_name="sweep-extract-features",
@@ -235,7 +246,7 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
     if unfinished and shares_features(trainer) and vertex:
         extraction = _submit_extraction(
             dataclasses.replace(vertex, base_output_dir=fileio.join(output_dir, "extract_features")), trainer_args,
-            trainer.feature_cache_dir, jobs)
+            trainer, jobs)
         if extraction and extraction != "dry run":
             fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
             print(f"[sweep] extracting the features once ({extraction}); rerun this command when it has finished "

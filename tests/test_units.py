@@ -107,14 +107,14 @@ def test_choose_precision():
 
 
 def test_feature_cache_key_follows_the_weights_file_content_and_the_records(records_dir, learn_records, tmp_path):
-    from trainer import data, feature_cache
+    from trainer import cache_layout, data
 
     info = data.load(records_dir, verify=False)
     weights = tmp_path / "vgg16_notop.h5"
     weights.write_bytes(b"first weights")
 
     def cache_key(*args):
-        return feature_cache.cache_key(feature_cache.key_facts(info, *args))
+        return cache_layout.cache_key(cache_layout.key_facts(info.manifest, *args))
 
     key = cache_key(str(weights), "flatten", "float32", 42)
     assert cache_key(str(weights), "flatten", "float32", 42) == key
@@ -124,8 +124,40 @@ def test_feature_cache_key_follows_the_weights_file_content_and_the_records(reco
     assert cache_key(str(weights), "flatten", "float32", 42) != key
     assert cache_key("imagenet", "avg", "float32", 42) != cache_key("imagenet", "flatten", "float32", 42)
     other = data.load(learn_records, verify=False)  # other shards (same image size): another key
-    assert feature_cache.cache_key(feature_cache.key_facts(other, "imagenet", "flatten", "float32", 42)) != \
+    assert cache_layout.cache_key(cache_layout.key_facts(other.manifest, "imagenet", "flatten", "float32", 42)) != \
         cache_key("imagenet", "flatten", "float32", 42)
+
+
+def test_the_sweep_finds_its_own_grids_features_in_a_shared_cache(records_dir, learn_records, tmp_path):
+    """The second --vertex invocation submits the cells only when the cache holds features of the grid's records,
+    weights, pooling and seed; precision only when it is not `auto` (the GPU machine resolves that)."""
+    import json
+
+    from dataset_format.manifest import read_manifest
+    from trainer import cache_layout
+
+    cache = tmp_path / "features"
+
+    def entry(manifest, pooling, precision, finished=True):
+        facts = cache_layout.key_facts(manifest, "imagenet", pooling, precision, 42)
+        folder = cache / cache_layout.cache_key(facts)
+        (folder / "validation" / "worker-0-of-1").mkdir(parents=True)
+        (folder / cache_layout.INFO).write_text(json.dumps({**facts, "records": "elsewhere"}))
+        if finished:
+            (folder / "validation" / "worker-0-of-1" / cache_layout.DONE).write_text("{}")
+
+    def extracted(*flags):
+        trainer = vertex.parse_trainer_flags([f"--data_dir={records_dir}", f"--feature_cache_dir={cache}", *flags])
+        return sweep._extracted(trainer)
+
+    entry(read_manifest(learn_records), "flatten", "mixed_float16")  # another dataset's features
+    entry(read_manifest(records_dir), "avg", "mixed_float16")  # another pooling
+    entry(read_manifest(records_dir), "flatten", "float32", finished=False)  # still extracting
+    assert not extracted()  # the old check took any finished entry
+    entry(read_manifest(records_dir), "flatten", "mixed_float16")
+    assert extracted() and extracted("--precision=mixed_float16") and extracted("--pooling=avg")
+    assert not extracted("--precision=float32") and not extracted("--pooling=max")
+    assert not extracted("--weights=none")  # random weights: other features
 
 
 def test_launchers_check_what_would_fail_only_in_the_cloud():

@@ -9,15 +9,40 @@ this module only.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Dict, Optional
 
 from celeba_common import fileio
+from dataset_format.manifest import transform_of
+from trainer.config import weights_id
 
 DONE = "_DONE"
 INFO = "info.json"
-KEY = re.compile(r"[0-9a-f]{16}")  # feature_cache.cache_key's names; anything else in the folder is not ours
+KEY = re.compile(r"[0-9a-f]{16}")  # cache_key's names; anything else in the folder is not ours
+
+
+def key_facts(manifest: dict, weights: str, pooling: str, policy: str, seed: int) -> dict:
+    """What determines the features: the records' shards (sha256) and image size, the backbone weights (a file's
+    content, or imagenet), pooling, precision policy, and the seed when the weights are random."""
+    shards = [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
+    return {"shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest(), "weights": weights_id(weights),
+            "pooling": pooling, "precision": policy, "seed": seed if weights.lower() == "none" else None,
+            "image_size": transform_of(manifest).image_size}
+
+
+def cache_key(facts: dict) -> str:
+    """An entry's folder name: the hash of its key_facts."""
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def serves(entry: str, facts: dict, unknown: tuple = ()) -> bool:
+    """Whether the entry holds finished features (validation, the last split extracted) made with `facts`, leaving
+    out the `unknown` ones: what launch.sweep, which does not know the GPU machine's precision, can ask."""
+    found = read_info(entry)
+    return finished(entry, "validation") and found is not None and \
+        all(found.get(name) == value for name, value in facts.items() if name not in unknown)
 
 
 def worker_folder(split_path: str, pipeline_id: int, pipelines: int) -> str:

@@ -30,6 +30,11 @@ WEIGHTS_HELP = ("pass --weights=/path/to/vgg16_weights_tf_dim_ordering_tf_kernel
                 "Keras ImageNet notop weights) or --weights=none")
 
 
+def weights_id(weights: str) -> str:
+    """'imagenet', 'none', or the sha256 of a weights file's content (so a file changed in place counts as new)."""
+    return weights.lower() if weights.lower() in ("imagenet", "none") else f"sha256:{fileio.sha256_file(weights)}"
+
+
 def _profile_ok(text: str) -> bool:
     from trainer.loop import parse_profile_steps
 

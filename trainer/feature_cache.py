@@ -16,7 +16,6 @@ a damaged one (a flipped byte, a cut file, a lost part) is computed again, never
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -30,7 +29,7 @@ import tensorflow as tf
 from celeba_common import fileio
 from celeba_common.errors import UserError
 from trainer import data, distribute, metrics as metrics_lib, model as model_lib
-from trainer.cache_layout import DONE, INFO, damage, inventory, read_info, worker_folder
+from trainer.cache_layout import DONE, INFO, cache_key, damage, inventory, key_facts, read_info, worker_folder
 from trainer.config import default_feature_cache_dir
 from trainer.steps import infer
 
@@ -49,21 +48,6 @@ def wanted(config) -> bool:
     if reason and config.feature_cache == "on":
         raise UserError(f"--feature_cache=on cannot be used here: {reason}")
     return reason is None
-
-
-def key_facts(info: data.DatasetInfo, weights: str, pooling: str, policy: str, seed: int) -> dict:
-    """What determines the features: the shards' sha256, the backbone weights (a file's content, or imagenet with
-    the Keras version), pooling, precision policy, and the seed when the weights are random."""
-    from trainer.fingerprint import weights_id
-
-    shards = [s["sha256"] for split in info.manifest["splits"].values() for s in split["shards"]]
-    return {"shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest(), "weights": weights_id(weights),
-            "pooling": pooling, "precision": policy, "seed": seed if weights.lower() == "none" else None,
-            "image_size": info.image_size}
-
-
-def cache_key(facts: dict) -> str:
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 PART_EXAMPLES = 4096  # features are saved in parts of this many examples, so extraction memory stays bounded
@@ -258,6 +242,6 @@ class FeatureCache:
 def for_run(config, strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, policy: str,
             worker_index: int, num_workers: int) -> FeatureCache:
     """The feature cache of a training run: in --feature_cache_dir (shared), keyed by what decides the features."""
-    facts = key_facts(info, config.weights, config.pooling, policy, config.seed)
+    facts = key_facts(info.manifest, config.weights, config.pooling, policy, config.seed)
     root = config.feature_cache_dir or default_feature_cache_dir()
     return FeatureCache(strategy, net, info, root, facts, config.batch_size, worker_index, num_workers)

@@ -15,14 +15,9 @@ from celeba_common import fileio
 from celeba_common.errors import UserError
 from dataset_format.transform import Transform
 from trainer import data
-from trainer.config import TrainConfig, resume_rules
+from trainer.config import TrainConfig, resume_rules, weights_id
 
 RUN_FILE = "run.json"
-
-
-def weights_id(weights: str) -> str:
-    """'imagenet', 'none', or the sha256 of a weights file's content (so a file changed in place counts as new)."""
-    return weights.lower() if weights.lower() in ("imagenet", "none") else f"sha256:{fileio.sha256_file(weights)}"
 
 
 def fingerprint(config: TrainConfig, info: data.DatasetInfo, policy: str) -> dict:
