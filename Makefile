@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # and, when green, make constraints VENV=.venv-latest to record them.
 CONSTRAINTS ?= constraints.txt
 
-.PHONY: install demo test check lint bench clean constraints
+.PHONY: install demo test check lint format bench clean constraints
 
 $(BIN)/.installed: setup.py setup.cfg $(wildcard $(CONSTRAINTS))
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: Python >= 3.10 is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -29,8 +29,14 @@ test: install
 check: install
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
+# The formatter and the linter (ruff.toml): make lint checks, make format rewrites.
 lint: install
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: install
 	$(BIN)/python bench/bench_records.py

@@ -12,6 +12,7 @@ traces), and the extraction's `N images in S s (R images/s after the first batch
 Target: N devices / 1 device >= 0.8 for both.
 The last line is a JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,36 +41,81 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_devices_")
     records = synthetic_records(work, "celeba", f"records{args.image_size}", args.train, args.image_size)
-    common = [f"--data_dir={records}", "--weights=none", f"--batch_size={args.batch_size}", "--fresh",
-              "--noexport", "--lr=1e-3", "--precision=float32"]
+    common = [
+        f"--data_dir={records}",
+        "--weights=none",
+        f"--batch_size={args.batch_size}",
+        "--fresh",
+        "--noexport",
+        "--lr=1e-3",
+        "--precision=float32",
+    ]
     figures = {}
     for devices in (1, args.devices):
         model_dir = os.path.join(work, f"streaming_{devices}")
-        seconds, _, _ = run_timed([PYTHON, "-m", "trainer.main", *common, f"--model_dir={model_dir}",
-                                   f"--num_cpu_devices={devices}", f"--epochs={args.epochs}", "--feature_cache=off"])
+        seconds, _, _ = run_timed(
+            [
+                PYTHON,
+                "-m",
+                "trainer.main",
+                *common,
+                f"--model_dir={model_dir}",
+                f"--num_cpu_devices={devices}",
+                f"--epochs={args.epochs}",
+                "--feature_cache=off",
+            ]
+        )
         streaming = mean(float(r["images_per_sec"]) for r in history(model_dir)[1:])
-        _, _, output = run_timed([PYTHON, "-m", "trainer.main", *common, f"--model_dir={model_dir}-cached",
-                                  f"--num_cpu_devices={devices}", "--epochs=1", "--feature_cache=on",
-                                  f"--feature_cache_dir={model_dir}-features"])
+        _, _, output = run_timed(
+            [
+                PYTHON,
+                "-m",
+                "trainer.main",
+                *common,
+                f"--model_dir={model_dir}-cached",
+                f"--num_cpu_devices={devices}",
+                "--epochs=1",
+                "--feature_cache=on",
+                f"--feature_cache_dir={model_dir}-features",
+            ]
+        )
         found = EXTRACTED.search(output)
         if not found:
             raise SystemExit(f"no extraction line in the {devices}-device run:\n{output[-2000:]}")
-        figures[devices] = {"streaming_images_per_sec": round(streaming, 1),
-                            "extraction_images_per_sec": float(found.group(2)),
-                            "streaming_run_seconds": round(seconds, 1)}
-        print(f"{devices} device{'s' if devices > 1 else ''}: streaming {streaming:7.1f} images/s (epochs after the "
-              f"first), feature extraction {found.group(2)} images/s ({found.group(1)} images); "
-              f"streaming run {seconds:.0f} s", flush=True)
+        figures[devices] = {
+            "streaming_images_per_sec": round(streaming, 1),
+            "extraction_images_per_sec": float(found.group(2)),
+            "streaming_run_seconds": round(seconds, 1),
+        }
+        print(
+            f"{devices} device{'s' if devices > 1 else ''}: streaming {streaming:7.1f} images/s (epochs after the "
+            f"first), feature extraction {found.group(2)} images/s ({found.group(1)} images); "
+            f"streaming run {seconds:.0f} s",
+            flush=True,
+        )
     one, many = figures[1], figures[args.devices]
     ratios = {key: round(many[key] / one[key], 3) for key in ("streaming_images_per_sec", "extraction_images_per_sec")}
-    print(f"{args.devices} devices / 1 device: streaming {ratios['streaming_images_per_sec']:.2f}, extraction "
-          f"{ratios['extraction_images_per_sec']:.2f} (target >= 0.8; logical CPUs share the same cores)")
+    print(
+        f"{args.devices} devices / 1 device: streaming {ratios['streaming_images_per_sec']:.2f}, extraction "
+        f"{ratios['extraction_images_per_sec']:.2f} (target >= 0.8; logical CPUs share the same cores)"
+    )
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"benchmark": "devices", "devices": args.devices, "image_size": args.image_size,
-                      "batch_size": args.batch_size, "train": args.train, "runs": figures,
-                      "ratio_streaming": ratios["streaming_images_per_sec"],
-                      "ratio_extraction": ratios["extraction_images_per_sec"], "target_ratio": 0.8}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "devices",
+                "devices": args.devices,
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "train": args.train,
+                "runs": figures,
+                "ratio_streaming": ratios["streaming_images_per_sec"],
+                "ratio_extraction": ratios["extraction_images_per_sec"],
+                "target_ratio": 0.8,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ All three run side by side in one process over the same images: (1) the training
 shards, (3) keras.utils.image_dataset_from_directory over the source JPEGs (crop to square, resize). Targets:
 (1) >= 90 % of (2), and >= 2x (3). The last line is a JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,31 @@ def _prepare_records(args, work: str):
     """A synthetic download and its records (80 % train), reused when the work folder has them."""
     celeba = os.path.join(work, f"celeba{args.num_images}")
     if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
-        run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
-                   f"--num_images={args.num_images}"])
+        run_timed(
+            [
+                PYTHON,
+                "-m",
+                "preprocessing.synthetic_celeba",
+                f"--output_dir={celeba}",
+                f"--num_images={args.num_images}",
+            ]
+        )
     train = int(args.num_images * 0.8)
     records = os.path.join(work, f"records{args.image_size}")
     if not os.path.exists(os.path.join(records, "_SUCCESS")):
         shutil.rmtree(records, ignore_errors=True)
-        run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
-                   f"--split_sizes={train},10,10", f"--image_size={args.image_size}", "--num_shards=8"])
+        run_timed(
+            [
+                PYTHON,
+                "-m",
+                "preprocessing.build_records",
+                f"--celeba_dir={celeba}",
+                f"--output_dir={records}",
+                f"--split_sizes={train},10,10",
+                f"--image_size={args.image_size}",
+                "--num_shards=8",
+            ]
+        )
     return celeba, records, train
 
 
@@ -65,8 +83,10 @@ def _keras_folder(work: str, records: str, celeba: str) -> str:
         for cls in ("male", "female"):
             os.makedirs(os.path.join(by_class, cls))
         for name in names:
-            os.symlink(os.path.join(os.path.abspath(celeba), "img_align_celeba", name),
-                       os.path.join(by_class, labels[name], name))
+            os.symlink(
+                os.path.join(os.path.abspath(celeba), "img_align_celeba", name),
+                os.path.join(by_class, labels[name], name),
+            )
     return by_class
 
 
@@ -95,16 +115,30 @@ def main() -> None:
     ours = data.records_dataset_fn(data.RecordsInput(files, info.image_size), spec)().take(steps)
 
     def raw(record):
-        return tf.io.decode_jpeg(tf.io.parse_single_example(
-            record, {schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})[schema.IMAGE_KEY], channels=3)
+        return tf.io.decode_jpeg(
+            tf.io.parse_single_example(record, {schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})[
+                schema.IMAGE_KEY
+            ],
+            channels=3,
+        )
 
-    ceiling = (tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
-               .map(raw, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+    ceiling = (
+        tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+        .map(raw, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(args.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
     by_class = _keras_folder(work, records, celeba)
     keras_ds = keras.utils.image_dataset_from_directory(
-        by_class, image_size=(args.image_size, args.image_size), batch_size=args.batch_size,
-        crop_to_aspect_ratio=True, shuffle=True, seed=1, verbose=False).prefetch(tf.data.AUTOTUNE)
+        by_class,
+        image_size=(args.image_size, args.image_size),
+        batch_size=args.batch_size,
+        crop_to_aspect_ratio=True,
+        shuffle=True,
+        seed=1,
+        verbose=False,
+    ).prefetch(tf.data.AUTOTUNE)
 
     # interleaved repeats, best of each, so that background noise hits all three alike
     results = {"pipeline": [], "ceiling": [], "keras_directory": []}
@@ -125,17 +159,26 @@ def main() -> None:
     print(f"raw parallel decode_jpeg ceiling:           {best['ceiling']:.0f} images/s")
     print(f"keras image_dataset_from_directory:         {best['keras_directory']:.0f} images/s")
     print(f"training input pipeline with --cache (epochs after the first): {best['pipeline_cached']:.0f} images/s")
-    print(f"pipeline / ceiling: {vs_ceiling:.2f} (target >= 0.90); pipeline / keras: {vs_keras:.2f}x "
-          f"(target >= 2x)")
+    print(f"pipeline / ceiling: {vs_ceiling:.2f} (target >= 0.90); pipeline / keras: {vs_keras:.2f}x (target >= 2x)")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"benchmark": "input_pipeline", "images": train, "image_size": args.image_size,
-                      "pipeline_images_per_sec": round(best["pipeline"], 1),
-                      "ceiling_images_per_sec": round(best["ceiling"], 1),
-                      "keras_directory_images_per_sec": round(best["keras_directory"], 1),
-                      "pipeline_cached_images_per_sec": round(best["pipeline_cached"], 1),
-                      "pipeline_vs_ceiling": round(vs_ceiling, 3), "target_vs_ceiling": 0.9,
-                      "pipeline_vs_keras": round(vs_keras, 3), "target_vs_keras": 2.0}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "input_pipeline",
+                "images": train,
+                "image_size": args.image_size,
+                "pipeline_images_per_sec": round(best["pipeline"], 1),
+                "ceiling_images_per_sec": round(best["ceiling"], 1),
+                "keras_directory_images_per_sec": round(best["keras_directory"], 1),
+                "pipeline_cached_images_per_sec": round(best["pipeline_cached"], 1),
+                "pipeline_vs_ceiling": round(vs_ceiling, 3),
+                "target_vs_ceiling": 0.9,
+                "pipeline_vs_keras": round(vs_keras, 3),
+                "target_vs_keras": 2.0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ The trainer's figures are its own per-epoch images/s (history.csv): the median o
 Targets: (b)/(a) >= 2, (b)/(c) >= 0.8, (e)/(d) >= 0.95. float32 throughout (this CPU has no bf16); on a GPU machine
 the same script prints the same JSON. The last line is a JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,23 @@ def median(values) -> float:
 
 
 def _trainer(records: str, model_dir: str, batch: int, epochs: int, *flags) -> float:
-    run_timed([PYTHON, "-m", "trainer.main", f"--data_dir={records}", f"--model_dir={model_dir}", "--weights=none",
-               f"--batch_size={batch}", f"--epochs={epochs}", "--precision=float32", "--noexport", "--fresh",
-               "--lr=1e-3", *flags])
+    run_timed(
+        [
+            PYTHON,
+            "-m",
+            "trainer.main",
+            f"--data_dir={records}",
+            f"--model_dir={model_dir}",
+            "--weights=none",
+            f"--batch_size={batch}",
+            f"--epochs={epochs}",
+            "--precision=float32",
+            "--noexport",
+            "--fresh",
+            "--lr=1e-3",
+            *flags,
+        ]
+    )
     return median(float(r["images_per_sec"]) for r in history(model_dir)[1:])
 
 
@@ -77,8 +92,11 @@ def _bare_loop(records: str, batch: int, epochs: int) -> float:
     rng, rates = np.random.default_rng(1), []
     for _ in range(epochs):
         start, done = time.perf_counter(), 0
-        order = tf.constant(rng.permutation(int(labels.shape[0]))[:steps_per_epoch * batch]
-                            .reshape(steps_per_epoch, batch).astype(np.int32))
+        order = tf.constant(
+            rng.permutation(int(labels.shape[0]))[: steps_per_epoch * batch]
+            .reshape(steps_per_epoch, batch)
+            .astype(np.int32)
+        )
         while done < steps_per_epoch:
             n = min(100, steps_per_epoch - done)
             float(loop(order, tf.constant(done), tf.constant(n)))
@@ -98,34 +116,63 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_loop_")
     small = synthetic_records(work, f"celeba{args.train}", "records32", args.train, 32, num_shards=8)
-    stream = synthetic_records(work, f"celeba{args.stream_steps * 32}", "records96", args.stream_steps * 32, 96,
-                               num_shards=8)
+    stream = synthetic_records(
+        work, f"celeba{args.stream_steps * 32}", "records96", args.stream_steps * 32, 96, num_shards=8
+    )
     figures = {
-        "cached_loop1": _trainer(small, f"{work}/a", args.batch_size, args.epochs, "--feature_cache=on",
-                                 "--steps_per_loop=1"),
-        "cached_auto": _trainer(small, f"{work}/b", args.batch_size, args.epochs, "--feature_cache=on",
-                                "--steps_per_loop=auto"),
+        "cached_loop1": _trainer(
+            small, f"{work}/a", args.batch_size, args.epochs, "--feature_cache=on", "--steps_per_loop=1"
+        ),
+        "cached_auto": _trainer(
+            small, f"{work}/b", args.batch_size, args.epochs, "--feature_cache=on", "--steps_per_loop=auto"
+        ),
         "bare_loop": _bare_loop(small, args.batch_size, args.epochs),
-        "stream96_loop1": _trainer(stream, f"{work}/d", 32, args.stream_epochs, "--feature_cache=off",
-                                   "--steps_per_loop=1", f"--steps_per_epoch={args.stream_steps}"),
-        "stream96_auto": _trainer(stream, f"{work}/e", 32, args.stream_epochs, "--feature_cache=off",
-                                  "--steps_per_loop=auto", f"--steps_per_epoch={args.stream_steps}"),
+        "stream96_loop1": _trainer(
+            stream,
+            f"{work}/d",
+            32,
+            args.stream_epochs,
+            "--feature_cache=off",
+            "--steps_per_loop=1",
+            f"--steps_per_epoch={args.stream_steps}",
+        ),
+        "stream96_auto": _trainer(
+            stream,
+            f"{work}/e",
+            32,
+            args.stream_epochs,
+            "--feature_cache=off",
+            "--steps_per_loop=auto",
+            f"--steps_per_epoch={args.stream_steps}",
+        ),
     }
-    ratios = {"auto_vs_loop1": figures["cached_auto"] / figures["cached_loop1"],
-              "auto_vs_bare": figures["cached_auto"] / figures["bare_loop"],
-              "loop1_vs_bare": figures["cached_loop1"] / figures["bare_loop"],
-              "stream_auto_vs_loop1": figures["stream96_auto"] / figures["stream96_loop1"]}
+    ratios = {
+        "auto_vs_loop1": figures["cached_auto"] / figures["cached_loop1"],
+        "auto_vs_bare": figures["cached_auto"] / figures["bare_loop"],
+        "loop1_vs_bare": figures["cached_loop1"] / figures["bare_loop"],
+        "stream_auto_vs_loop1": figures["stream96_auto"] / figures["stream96_loop1"],
+    }
     for name, value in figures.items():
         print(f"{name:>15}: {value:10.0f} images/s")
-    print(f"cached 32 px: auto / steps_per_loop=1 = {ratios['auto_vs_loop1']:.2f}x (target >= 2); auto / bare loop = "
-          f"{ratios['auto_vs_bare']:.2f} (target >= 0.8; steps_per_loop=1 reaches {ratios['loop1_vs_bare']:.2f})")
+    print(
+        f"cached 32 px: auto / steps_per_loop=1 = {ratios['auto_vs_loop1']:.2f}x (target >= 2); auto / bare loop = "
+        f"{ratios['auto_vs_bare']:.2f} (target >= 0.8; steps_per_loop=1 reaches {ratios['loop1_vs_bare']:.2f})"
+    )
     print(f"streaming 96 px: auto / steps_per_loop=1 = {ratios['stream_auto_vs_loop1']:.2f} (target >= 0.95)")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"benchmark": "training_loop", "train_images": args.train, "batch_size": args.batch_size,
-                      "images_per_sec": {k: round(v, 1) for k, v in figures.items()},
-                      **{k: round(v, 3) for k, v in ratios.items()},
-                      "targets": {"auto_vs_loop1": 2.0, "auto_vs_bare": 0.8, "stream_auto_vs_loop1": 0.95}}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "training_loop",
+                "train_images": args.train,
+                "batch_size": args.batch_size,
+                "images_per_sec": {k: round(v, 1) for k, v in figures.items()},
+                **{k: round(v, 3) for k, v in ratios.items()},
+                "targets": {"auto_vs_loop1": 2.0, "auto_vs_bare": 0.8, "stream_auto_vs_loop1": 0.95},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

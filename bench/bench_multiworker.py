@@ -8,6 +8,7 @@ Both runs go through `launch.local_cluster --num_workers=2`. Images/s are the tr
 features). Target: cached >= 5x streaming. Each log must hold no error-level line (an `E` absl line, a
 StartAbort, a traceback). The last line is a JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,26 +39,56 @@ def main() -> None:
     figures, errors = {}, {}
     for name in ("streaming", "feature_cache"):
         model_dir = os.path.join(work, f"run_{name}")
-        seconds, _, output = run_timed([
-            PYTHON, "-m", "launch.local_cluster", "--num_workers=2", "--", f"--data_dir={records}",
-            f"--model_dir={model_dir}", "--weights=none", f"--batch_size={args.batch_size}", "--fresh",
-            f"--epochs={args.epochs}", "--noexport", "--lr=1e-3", "--precision=mixed_bfloat16",
-            f"--feature_cache={'on' if name == 'feature_cache' else 'off'}"])
+        seconds, _, output = run_timed(
+            [
+                PYTHON,
+                "-m",
+                "launch.local_cluster",
+                "--num_workers=2",
+                "--",
+                f"--data_dir={records}",
+                f"--model_dir={model_dir}",
+                "--weights=none",
+                f"--batch_size={args.batch_size}",
+                "--fresh",
+                f"--epochs={args.epochs}",
+                "--noexport",
+                "--lr=1e-3",
+                "--precision=mixed_bfloat16",
+                f"--feature_cache={'on' if name == 'feature_cache' else 'off'}",
+            ]
+        )
         rows = history(model_dir)
-        figures[name] = {"images_per_sec": mean(float(r["images_per_sec"]) for r in rows[1:]),
-                         "first_epoch_seconds": float(rows[0]["epoch_seconds"]), "run_seconds": round(seconds, 1)}
+        figures[name] = {
+            "images_per_sec": mean(float(r["images_per_sec"]) for r in rows[1:]),
+            "first_epoch_seconds": float(rows[0]["epoch_seconds"]),
+            "run_seconds": round(seconds, 1),
+        }
         errors[name] = [line for line in output.splitlines() if ERROR_LINE.search(line)]
-        print(f"{name:>14}: {figures[name]['images_per_sec']:8.1f} images/s after the first epoch "
-              f"(first epoch {figures[name]['first_epoch_seconds']:.1f} s; whole run {seconds:.0f} s); "
-              f"error lines: {len(errors[name])}")
+        print(
+            f"{name:>14}: {figures[name]['images_per_sec']:8.1f} images/s after the first epoch "
+            f"(first epoch {figures[name]['first_epoch_seconds']:.1f} s; whole run {seconds:.0f} s); "
+            f"error lines: {len(errors[name])}"
+        )
     speedup = figures["feature_cache"]["images_per_sec"] / figures["streaming"]["images_per_sec"]
     print(f"2 workers, cached / streaming images/s: {speedup:.1f}x (target >= 5x)")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"benchmark": "multiworker_feature_cache", "workers": 2, "image_size": args.image_size,
-                      "train_images": args.train, "batch_size": args.batch_size, "runs": figures,
-                      "cached_vs_streaming": round(speedup, 2), "target_cached_vs_streaming": 5.0,
-                      "error_lines": {k: len(v) for k, v in errors.items()}}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "multiworker_feature_cache",
+                "workers": 2,
+                "image_size": args.image_size,
+                "train_images": args.train,
+                "batch_size": args.batch_size,
+                "runs": figures,
+                "cached_vs_streaming": round(speedup, 2),
+                "target_cached_vs_streaming": 5.0,
+                "error_lines": {k: len(v) for k, v in errors.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

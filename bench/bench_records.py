@@ -6,6 +6,7 @@ Both run side by side on the same synthetic CelebA download; the loop reads, dec
 central square, resizes and encodes JPEG q95 for as many images as the job keeps. Prints the figures; the last
 line is a JSON object with the ratio (target >= 1.5) and the job's peak RSS (target < 2 GiB).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,13 +49,29 @@ def main() -> None:
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_records_")
     celeba = os.path.join(work, f"celeba{args.num_images}")
     if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
-        run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
-                   f"--num_images={args.num_images}"])
+        run_timed(
+            [
+                PYTHON,
+                "-m",
+                "preprocessing.synthetic_celeba",
+                f"--output_dir={celeba}",
+                f"--num_images={args.num_images}",
+            ]
+        )
     out = os.path.join(work, "records")
     shutil.rmtree(out, ignore_errors=True)
-    seconds, peak, output = run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}",
-                                       f"--output_dir={out}", f"--split_sizes={args.split_sizes}",
-                                       f"--image_size={args.image_size}", *job_args])
+    seconds, peak, output = run_timed(
+        [
+            PYTHON,
+            "-m",
+            "preprocessing.build_records",
+            f"--celeba_dir={celeba}",
+            f"--output_dir={out}",
+            f"--split_sizes={args.split_sizes}",
+            f"--image_size={args.image_size}",
+            *job_args,
+        ]
+    )
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     names = []
@@ -70,10 +87,22 @@ def main() -> None:
     print(f"ratio: {job_rate / loop_rate:.2f}x (target >= 1.5x)")
     if not args.keep and not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"benchmark": "records", "images": len(names), "image_size": args.image_size,
-                      "job_seconds": round(seconds, 2), "job_images_per_sec": round(job_rate, 1),
-                      "loop_images_per_sec": round(loop_rate, 1), "ratio": round(job_rate / loop_rate, 3),
-                      "target_ratio": 1.5, "peak_rss_gib": round(peak / 2**30, 3), "cpus": os.cpu_count()}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "records",
+                "images": len(names),
+                "image_size": args.image_size,
+                "job_seconds": round(seconds, 2),
+                "job_images_per_sec": round(job_rate, 1),
+                "loop_images_per_sec": round(loop_rate, 1),
+                "ratio": round(job_rate / loop_rate, 3),
+                "target_ratio": 1.5,
+                "peak_rss_gib": round(peak / 2**30, 3),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

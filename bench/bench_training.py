@@ -9,6 +9,7 @@ Figures come from each run's history.csv (images_per_sec, epoch_seconds) of the 
 one traces the step, and with the cache it extracts the features). Targets: (b)/(a) images/s >= 1.5, and an epoch
 of (c) after the first >= 10x faster than an epoch of (b). The last line is a JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,40 +46,83 @@ def main() -> None:
     celeba = os.path.join(work, "celeba")
     train = args.steps * args.batch_size
     if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
-        run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
-                   f"--num_images={int(train / 0.8) + 400}"])
+        run_timed(
+            [
+                PYTHON,
+                "-m",
+                "preprocessing.synthetic_celeba",
+                f"--output_dir={celeba}",
+                f"--num_images={int(train / 0.8) + 400}",
+            ]
+        )
     records = os.path.join(work, f"records{args.image_size}")
     if not os.path.exists(os.path.join(records, "_SUCCESS")):
         shutil.rmtree(records, ignore_errors=True)
-        run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
-                   f"--split_sizes={train},64,64", f"--image_size={args.image_size}", "--num_shards=4"])
-    common = [f"--data_dir={records}", "--weights=none", f"--batch_size={args.batch_size}", "--fresh",
-              f"--epochs={args.epochs}", f"--steps_per_epoch={args.steps}", "--noexport", "--lr=1e-3"]
-    runs = {"float32": ["--precision=float32", "--feature_cache=off"],
-            "mixed_bfloat16": ["--precision=mixed_bfloat16", "--feature_cache=off"],
-            "feature_cache": ["--precision=mixed_bfloat16", "--feature_cache=on"]}
+        run_timed(
+            [
+                PYTHON,
+                "-m",
+                "preprocessing.build_records",
+                f"--celeba_dir={celeba}",
+                f"--output_dir={records}",
+                f"--split_sizes={train},64,64",
+                f"--image_size={args.image_size}",
+                "--num_shards=4",
+            ]
+        )
+    common = [
+        f"--data_dir={records}",
+        "--weights=none",
+        f"--batch_size={args.batch_size}",
+        "--fresh",
+        f"--epochs={args.epochs}",
+        f"--steps_per_epoch={args.steps}",
+        "--noexport",
+        "--lr=1e-3",
+    ]
+    runs = {
+        "float32": ["--precision=float32", "--feature_cache=off"],
+        "mixed_bfloat16": ["--precision=mixed_bfloat16", "--feature_cache=off"],
+        "feature_cache": ["--precision=mixed_bfloat16", "--feature_cache=on"],
+    }
     figures = {}
     for name, flags in runs.items():
         model_dir = os.path.join(work, f"run_{name}")
         seconds, _, _ = run_timed([PYTHON, "-m", "trainer.main", *common, f"--model_dir={model_dir}", *flags])
         rows = history(model_dir)
         later = rows[1:]
-        figures[name] = {"images_per_sec": mean(float(r["images_per_sec"]) for r in later),
-                         "epoch_seconds": mean(float(r["epoch_seconds"]) for r in later),
-                         "first_epoch_seconds": float(rows[0]["epoch_seconds"]), "run_seconds": seconds}
+        figures[name] = {
+            "images_per_sec": mean(float(r["images_per_sec"]) for r in later),
+            "epoch_seconds": mean(float(r["epoch_seconds"]) for r in later),
+            "first_epoch_seconds": float(rows[0]["epoch_seconds"]),
+            "run_seconds": seconds,
+        }
         row = figures[name]
-        print(f"{name:>15}: {row['images_per_sec']:8.1f} images/s, epoch {row['epoch_seconds']:.2f} s "
-              f"(first epoch {row['first_epoch_seconds']:.1f} s; whole run {seconds:.0f} s)")
+        print(
+            f"{name:>15}: {row['images_per_sec']:8.1f} images/s, epoch {row['epoch_seconds']:.2f} s "
+            f"(first epoch {row['first_epoch_seconds']:.1f} s; whole run {seconds:.0f} s)"
+        )
     bf16_speedup = figures["mixed_bfloat16"]["images_per_sec"] / figures["float32"]["images_per_sec"]
     cache_speedup = figures["mixed_bfloat16"]["epoch_seconds"] / figures["feature_cache"]["epoch_seconds"]
     print(f"mixed_bfloat16 / float32 images/s: {bf16_speedup:.2f}x (target >= 1.5x)")
     print(f"streaming epoch / feature-cache epoch: {cache_speedup:.1f}x (target >= 10x)")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"benchmark": "training", "image_size": args.image_size, "batch_size": args.batch_size,
-                      "steps_per_epoch": args.steps, "runs": figures,
-                      "bf16_vs_float32": round(bf16_speedup, 3), "target_bf16_vs_float32": 1.5,
-                      "feature_cache_epoch_speedup": round(cache_speedup, 2), "target_feature_cache_speedup": 10}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "training",
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "steps_per_epoch": args.steps,
+                "runs": figures,
+                "bf16_vs_float32": round(bf16_speedup, 3),
+                "target_bf16_vs_float32": 1.5,
+                "feature_cache_epoch_speedup": round(cache_speedup, 2),
+                "target_feature_cache_speedup": 10,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

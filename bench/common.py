@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: timing a command with the peak memory of its whole process tree."""
+
 from __future__ import annotations
 
 import atexit
@@ -47,18 +48,42 @@ def run_timed(cmd: List[str]) -> Tuple[float, int, str]:
     return seconds, peak[0], output
 
 
-def synthetic_records(work: str, celeba_name: str, records_name: str, train: int, image_size: int,
-                      extra: int = 400, num_shards: int = 4, holdout: int = 64) -> str:
+def synthetic_records(
+    work: str,
+    celeba_name: str,
+    records_name: str,
+    train: int,
+    image_size: int,
+    extra: int = 400,
+    num_shards: int = 4,
+    holdout: int = 64,
+) -> str:
     """A synthetic download (train / 0.8 + extra images) and its records (train,holdout,holdout) under work, each
     made only when the work folder lacks it; returns the records folder."""
     celeba = os.path.join(work, celeba_name)
     if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
-        run_timed([PYTHON, "-m", "preprocessing.synthetic_celeba", f"--output_dir={celeba}",
-                   f"--num_images={int(train / 0.8) + extra}"])
+        run_timed(
+            [
+                PYTHON,
+                "-m",
+                "preprocessing.synthetic_celeba",
+                f"--output_dir={celeba}",
+                f"--num_images={int(train / 0.8) + extra}",
+            ]
+        )
     records = os.path.join(work, records_name)
     if not os.path.exists(os.path.join(records, "_SUCCESS")):
         shutil.rmtree(records, ignore_errors=True)
-        run_timed([PYTHON, "-m", "preprocessing.build_records", f"--celeba_dir={celeba}", f"--output_dir={records}",
-                   f"--split_sizes={train},{holdout},{holdout}", f"--image_size={image_size}",
-                   f"--num_shards={num_shards}"])
+        run_timed(
+            [
+                PYTHON,
+                "-m",
+                "preprocessing.build_records",
+                f"--celeba_dir={celeba}",
+                f"--output_dir={records}",
+                f"--split_sizes={train},{holdout},{holdout}",
+                f"--image_size={image_size}",
+                f"--num_shards={num_shards}",
+            ]
+        )
     return records

@@ -3,6 +3,7 @@
 Every command of the project (records job, trainer, launchers) runs through `run_main`, so a bad input anywhere
 ends the same way: `error: <what is wrong>` on stderr, exit status 2, no Python traceback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,7 @@ def print_help() -> None:
 
 def _parser(known_only: bool) -> Callable[[List[str]], List[str]]:
     def parse(argv: List[str]) -> List[str]:
-        own = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        own = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
         if any(arg in HELP_FLAGS for arg in own):  # help is an answer, not an error: exit 0
             print_help()
             sys.exit(0)
@@ -61,8 +62,12 @@ def _parser(known_only: bool) -> Callable[[List[str]], List[str]]:
     return parse
 
 
-WORKER_NOISE = ("apache_beam.runners.common", "apache_beam.runners.worker.bundle_processor",
-                "apache_beam.runners.worker.sdk_worker", "apache_beam.runners.portability.fn_api_runner.fn_runner")
+WORKER_NOISE = (
+    "apache_beam.runners.common",
+    "apache_beam.runners.worker.bundle_processor",
+    "apache_beam.runners.worker.sdk_worker",
+    "apache_beam.runners.portability.fn_api_runner.fn_runner",
+)
 
 
 class _DropNoise(logging.Filter):
@@ -151,8 +156,9 @@ def import_tensorflow_for_remote(*paths: Optional[str], writes: Sequence[Optiona
         import_tensorflow_quietly()
 
 
-def run_main(main: Callable[[Sequence[str]], object], define_flags: Optional[Callable[[], None]] = None,
-             known_only: bool = False) -> None:
+def run_main(
+    main: Callable[[Sequence[str]], object], define_flags: Optional[Callable[[], None]] = None, known_only: bool = False
+) -> None:
     """Runs `main(argv)` under absl; UserError (and flag errors) become one line on stderr and exit status 2.
 
     define_flags() defines the entry point's flags (flags live in entry points only, never at import);

@@ -3,6 +3,7 @@
 Remote paths go through tf.io.gfile in processes that already run TensorFlow (the trainer), and through Beam's
 FileSystems elsewhere (the records job's workers, which never import TensorFlow).
 """
+
 from __future__ import annotations
 
 import glob as glob_lib
@@ -79,10 +80,10 @@ def listdir(path: str) -> List[str]:
             return []
         out = []
         for root, _, files in gfile.walk(path):
-            rel = root.rstrip("/")[len(prefix.rstrip("/")):].lstrip("/")
+            rel = root.rstrip("/")[len(prefix.rstrip("/")) :].lstrip("/")
             out.extend(posixpath.join(rel, f) if rel else f for f in files)
         return sorted(out)
-    return sorted(m.path[len(prefix):] for m in _beam_objects_under(path))
+    return sorted(m.path[len(prefix) :] for m in _beam_objects_under(path))
 
 
 def open_read(path: str):
@@ -227,8 +228,12 @@ GCS_HOST = "storage.googleapis.com"
 GCS_ANSWER_SECONDS = 10.0
 
 
-def check_gcs(paths: Sequence[Optional[str]], writes: Sequence[Optional[str]] = (),
-              seconds: float = GCS_ANSWER_SECONDS, tensorflow: Optional[bool] = None) -> None:
+def check_gcs(
+    paths: Sequence[Optional[str]],
+    writes: Sequence[Optional[str]] = (),
+    seconds: float = GCS_ANSWER_SECONDS,
+    tensorflow: Optional[bool] = None,
+) -> None:
     """UserError within about `seconds` when a gs:// path is given and Cloud Storage does not answer (directly, or
     through $HTTPS_PROXY as both clients go), or when a gs:// path is to be written and no credentials are found.
     Without it each client retries before its own traceback: Beam's for 120 s, TensorFlow's 10 times, over 3 min.
@@ -240,8 +245,10 @@ def check_gcs(paths: Sequence[Optional[str]], writes: Sequence[Optional[str]] = 
     tensorflow = bool(_gfile()) if tensorflow is None else tensorflow
     reason, where = _unanswered(seconds, tensorflow)
     if reason:
-        raise UserError(f"cannot reach Cloud Storage for {remote[0]}: {where}: {reason}; check the network"
-                        f"{' and the proxy' if 'proxy' in where else ''}")
+        raise UserError(
+            f"cannot reach Cloud Storage for {remote[0]}: {where}: {reason}; check the network"
+            f"{' and the proxy' if 'proxy' in where else ''}"
+        )
     written = [p for p in writes if p and p.startswith("gs://")]
     if written and not _testing_credentials(tensorflow):
         try:
@@ -253,14 +260,17 @@ def check_gcs(paths: Sequence[Optional[str]], writes: Sequence[Optional[str]] = 
             google.auth.default()
         except (GoogleAuthError, ValueError) as e:
             found = "none found" if "not found" in str(e) else " ".join(str(e).split()).rstrip(".")
-            raise UserError(f"no Google Cloud credentials to write {written[0]} ({found}): run `gcloud auth "
-                            f"application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
+            raise UserError(
+                f"no Google Cloud credentials to write {written[0]} ({found}): run `gcloud auth "
+                f"application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+            ) from None
 
 
 def _testing_credentials(tensorflow: bool) -> bool:
     """An emulator (Beam's client, anonymous) or TensorFlow's test token: what the tests write gs:// with."""
-    return bool(os.environ.get("STORAGE_EMULATOR_HOST") and not tensorflow) or \
-        bool(os.environ.get("GOOGLE_AUTH_TOKEN_FOR_TESTING"))
+    return bool(os.environ.get("STORAGE_EMULATOR_HOST") and not tensorflow) or bool(
+        os.environ.get("GOOGLE_AUTH_TOKEN_FOR_TESTING")
+    )
 
 
 def _url(text: str):

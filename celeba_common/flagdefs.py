@@ -15,6 +15,7 @@
 A field without `option` metadata is not a flag (the entry point fills it itself). `check_choices(config)` applies the
 same `choices` to a config built in code, so a bad value fails with the flag's name either way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,16 +32,29 @@ _MISSING = dataclasses.MISSING
 RESUME_RULES = ("fixed", "free")
 
 
-def option(default: Any = _MISSING, help: str = "", *, choices: Optional[Sequence[str]] = None,
-           lower_bound: Optional[float] = None, upper_bound: Optional[float] = None,
-           flag_default: Any = _MISSING, resume: Optional[str] = None) -> Any:
+def option(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    choices: Optional[Sequence[str]] = None,
+    lower_bound: Optional[float] = None,
+    upper_bound: Optional[float] = None,
+    flag_default: Any = _MISSING,
+    resume: Optional[str] = None,
+) -> Any:
     """A dataclass field that is also a command-line flag. flag_default: the flag's default when it differs.
     resume (for settings of a run that can be resumed): "fixed" when a checkpoint means something else with
     another value (a resume that changes it is refused), "free" when it may change between a stop and a resume."""
     if resume is not None and resume not in RESUME_RULES:
         raise ValueError(f"resume={resume!r}: expected one of {RESUME_RULES}")
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "lower_bound": lower_bound,
-                "upper_bound": upper_bound, "flag_default": flag_default, "resume": resume}
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "lower_bound": lower_bound,
+        "upper_bound": upper_bound,
+        "flag_default": flag_default,
+        "resume": resume,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -81,8 +95,9 @@ def define_flags(cls: Type, flag_values: flags.FlagValues = flags.FLAGS, skip: S
         elif base is float:
             flags.DEFINE_float(field.name, default, meta["help"], **bounds, **kwargs)
         elif isinstance(base, tuple):
-            flags.DEFINE_list(field.name, None if default is None else [str(v) for v in default], meta["help"],
-                              **kwargs)
+            flags.DEFINE_list(
+                field.name, None if default is None else [str(v) for v in default], meta["help"], **kwargs
+            )
         else:
             flags.DEFINE_string(field.name, default, meta["help"], **kwargs)
 
@@ -99,8 +114,9 @@ def from_flags(cls: Type, flag_values: flags.FlagValues = flags.FLAGS, **overrid
             try:
                 value = tuple(base[1](v) for v in value if str(v).strip())
             except ValueError:
-                raise UserError(f"--{field.name}={','.join(value)}: expected a comma-separated list of "
-                                f"{base[1].__name__} values") from None
+                raise UserError(
+                    f"--{field.name}={','.join(value)}: expected a comma-separated list of {base[1].__name__} values"
+                ) from None
         values[field.name] = value
     values.update(overrides)
     return cls(**values)

@@ -1,4 +1,5 @@
 """manifest.json and _SUCCESS: writing them, and the checks every reader of a dataset runs first."""
+
 from __future__ import annotations
 
 import json
@@ -38,24 +39,32 @@ def read_manifest(data_dir: str) -> dict:
     if not fileio.isdir(data_dir):
         raise UserError(f"data folder {data_dir} is a file, not a dataset folder")
     if not fileio.exists(fileio.join(data_dir, SUCCESS)):
-        raise UserError(f"data folder {data_dir} has no {SUCCESS}: the records job did not finish there; "
-                        f"rerun python -m preprocessing.build_records --overwrite")
+        raise UserError(
+            f"data folder {data_dir} has no {SUCCESS}: the records job did not finish there; "
+            f"rerun python -m preprocessing.build_records --overwrite"
+        )
     try:
         manifest = json.loads(fileio.read_bytes(fileio.join(data_dir, MANIFEST)))
     except (OSError, ValueError) as e:
         raise UserError(f"{fileio.join(data_dir, MANIFEST)} is unreadable: {e}") from None
     if not _well_formed(manifest):
-        raise UserError(f"{fileio.join(data_dir, MANIFEST)} is damaged (no splits with shards, or a shard that is not "
-                        f"a plain file name of the folder); rebuild with python -m preprocessing.build_records "
-                        f"--overwrite")
+        raise UserError(
+            f"{fileio.join(data_dir, MANIFEST)} is damaged (no splits with shards, or a shard that is not "
+            f"a plain file name of the folder); rebuild with python -m preprocessing.build_records "
+            f"--overwrite"
+        )
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise UserError(f"{data_dir}: record schema version {manifest.get('schema_version')} is not the "
-                        f"supported version {schema.SCHEMA_VERSION}")
+        raise UserError(
+            f"{data_dir}: record schema version {manifest.get('schema_version')} is not the "
+            f"supported version {schema.SCHEMA_VERSION}"
+        )
     try:
         Transform.from_dict(manifest)
     except ValueError as e:
-        raise UserError(f"{fileio.join(data_dir, MANIFEST)} is damaged (its image transform: {e}); rebuild with "
-                        f"python -m preprocessing.build_records --overwrite") from None
+        raise UserError(
+            f"{fileio.join(data_dir, MANIFEST)} is damaged (its image transform: {e}); rebuild with "
+            f"python -m preprocessing.build_records --overwrite"
+        ) from None
     return manifest
 
 
@@ -69,13 +78,22 @@ def _well_formed(manifest) -> bool:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
         return False
     for split in manifest["splits"].values():
-        if not isinstance(split, dict) or not isinstance(split.get("shards"), list) or \
-                type(split.get("num_examples")) is not int:
+        if (
+            not isinstance(split, dict)
+            or not isinstance(split.get("shards"), list)
+            or type(split.get("num_examples")) is not int
+        ):
             return False
         for shard in split["shards"]:
             name = shard.get("file") if isinstance(shard, dict) else None
-            if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or \
-                    "\0" in name or not all(type(shard.get(k)) is int for k in ("bytes", "num_records")):
+            if (
+                not isinstance(name, str)
+                or name in ("", ".", "..")
+                or "/" in name
+                or "\\" in name
+                or "\0" in name
+                or not all(type(shard.get(k)) is int for k in ("bytes", "num_records"))
+            ):
                 return False
     return True
 
@@ -86,8 +104,9 @@ def shard_paths(data_dir: str, manifest: dict, split: str) -> List[str]:
     return [fileio.join(data_dir, s["file"]) for s in manifest["splits"][split]["shards"]]
 
 
-def verify_shards(data_dir: str, manifest: dict, splits: Optional[List[str]] = None,
-                  check_records: bool = False) -> Dict[str, str]:
+def verify_shards(
+    data_dir: str, manifest: dict, splits: Optional[List[str]] = None, check_records: bool = False
+) -> Dict[str, str]:
     """Checks each shard's byte size and sha256 (and, with check_records, its record count) against the manifest.
 
     Returns {shard file: problem} for every bad shard; empty when all are intact.
@@ -127,8 +146,9 @@ def count_problems(data_dir: str, manifest: dict) -> Dict[str, str]:
             count = tfrecord.count_records(path) if readable and fileio.exists(path) else -1
             total += max(count, 0)
             if count != shard["num_records"]:
-                problems[shard["file"]] = (f"{count} records, manifest says {shard['num_records']}" if count >= 0
-                                           else "missing or cut short")
+                problems[shard["file"]] = (
+                    f"{count} records, manifest says {shard['num_records']}" if count >= 0 else "missing or cut short"
+                )
         if not problems and total != info["num_examples"]:
             problems[f"{split} split"] = f"{total} records in its shards, manifest says {info['num_examples']}"
     return problems
@@ -157,11 +177,18 @@ def summary(manifest: dict, output_dir: str) -> str:
             continue
         info = manifest["splits"][split]
         size = sum(s["bytes"] for s in info["shards"])
-        total_bytes, total_shards, total = total_bytes + size, total_shards + len(info["shards"]), \
-            total + info["num_examples"]
-        lines.append(f"  {split:<10} {info['num_examples']:>7} images  male {info['male_share']:.1%}  "
-                     f"{len(info['shards'])} shards  {size / 1e6:.1f} MB")
-    lines.append(f"  left out {manifest['num_left_out']} (errors.jsonl); {total} images, {total_shards} shards, "
-                 f"{total_bytes / 1e6:.1f} MB in {manifest['build_seconds']:.1f} s "
-                 f"({manifest['images_per_sec']:.0f} images/s)")
+        total_bytes, total_shards, total = (
+            total_bytes + size,
+            total_shards + len(info["shards"]),
+            total + info["num_examples"],
+        )
+        lines.append(
+            f"  {split:<10} {info['num_examples']:>7} images  male {info['male_share']:.1%}  "
+            f"{len(info['shards'])} shards  {size / 1e6:.1f} MB"
+        )
+    lines.append(
+        f"  left out {manifest['num_left_out']} (errors.jsonl); {total} images, {total_shards} shards, "
+        f"{total_bytes / 1e6:.1f} MB in {manifest['build_seconds']:.1f} s "
+        f"({manifest['images_per_sec']:.0f} images/s)"
+    )
     return "\n".join(lines)

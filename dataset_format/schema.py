@@ -7,6 +7,7 @@ the TFDS feature connectors (tfds_metadata.features_json) are all derived from t
 `encode_example` writes the tf.train.Example protobuf wire format directly (a handful of varints), so the Beam
 workers never import TensorFlow (about 4 s per worker process). The tests check that TensorFlow parses it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,12 +28,46 @@ CLASS_NAMES = ("female", "male")  # label 0, label 1
 
 # CelebA's 40 attributes in the order of list_attr_celeba.txt; records store them as 0/1 in this order.
 ATTRIBUTE_NAMES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
-    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
-    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
-    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 
 SPLITS = ("train", "validation", "test")
@@ -42,6 +77,7 @@ SPLITS = ("train", "validation", "test")
 class Feature:
     """One feature of a record: its key ('/' nests it in TFDS), its value type, how many values every record holds,
     the TFDS connector that reads it (image, text, scalar, class_label, tensor), and a parse default if optional."""
+
     key: str
     dtype: str  # "bytes" or "int64"
     tfds: str
@@ -66,6 +102,7 @@ def shard_name(name: str, split: str, index: int, num_shards: int) -> str:
 
 
 # --- protobuf wire format -------------------------------------------------------------------------------------
+
 
 def _varint(value: int) -> bytes:
     if 0 <= value < 128:
@@ -112,12 +149,21 @@ def _example(features: Dict[str, bytes]) -> bytes:
     return _field(1, entries)
 
 
-def encode_example(image_jpeg: bytes, height: int, width: int, filename: str, label: int,
-                   attributes: Sequence[int]) -> bytes:
+def encode_example(
+    image_jpeg: bytes, height: int, width: int, filename: str, label: int, attributes: Sequence[int]
+) -> bytes:
     """Serialized tf.train.Example for one image; attributes are 0/1 in ATTRIBUTE_NAMES order."""
-    return encode_features({IMAGE_KEY: [image_jpeg], FORMAT_KEY: [b"jpeg"], HEIGHT_KEY: [height],
-                            WIDTH_KEY: [width], FILENAME_KEY: [filename.encode()], LABEL_KEY: [label],
-                            ATTRIBUTES_KEY: list(attributes)})
+    return encode_features(
+        {
+            IMAGE_KEY: [image_jpeg],
+            FORMAT_KEY: [b"jpeg"],
+            HEIGHT_KEY: [height],
+            WIDTH_KEY: [width],
+            FILENAME_KEY: [filename.encode()],
+            LABEL_KEY: [label],
+            ATTRIBUTES_KEY: list(attributes),
+        }
+    )
 
 
 def encode_features(values: Dict[str, Sequence]) -> bytes:
@@ -135,13 +181,17 @@ def encode_features(values: Dict[str, Sequence]) -> bytes:
 
 # --- reading (TensorFlow side) --------------------------------------------------------------------------------
 
+
 def feature_spec() -> dict:
     """The tf.io.parse_example spec of a record, from FEATURES."""
     import tensorflow as tf
 
-    return {f.key: tf.io.FixedLenFeature([f.length] if f.length > 1 else [],
-                                         tf.string if f.dtype == "bytes" else tf.int64, default_value=f.default)
-            for f in FEATURES}
+    return {
+        f.key: tf.io.FixedLenFeature(
+            [f.length] if f.length > 1 else [], tf.string if f.dtype == "bytes" else tf.int64, default_value=f.default
+        )
+        for f in FEATURES
+    }
 
 
 def parse_example(serialized):
@@ -149,4 +199,3 @@ def parse_example(serialized):
     import tensorflow as tf
 
     return tf.io.parse_single_example(serialized, feature_spec())
-

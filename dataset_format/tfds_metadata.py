@@ -12,6 +12,7 @@ What a TFDS user sees (TFDS nests the '/'-separated record keys):
   ex["image"]["attributes"]      int64 [40], 0/1 in schema.ATTRIBUTE_NAMES order
   ex["image"]["filename"], ["format"], ["height"], ["width"]
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ from dataset_format.transform import Transform
 TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 LABELS_FILE = "image-class-label.labels.txt"
 _TFDS = "tensorflow_datasets.core.features."
-DESCRIPTION = ("CelebA face images with the Male attribute as the label (female/male) and all 40 attributes, built "
-               "by preprocessing.build_records.")
+DESCRIPTION = (
+    "CelebA face images with the Male attribute as the label (female/male) and all 40 attributes, built "
+    "by preprocessing.build_records."
+)
 
 
 def _tensor(dtype: str, shape=()) -> dict:
@@ -39,16 +42,23 @@ def _dict(features: dict) -> dict:
 def _connector(feature: schema.Feature, image_size: int) -> dict:
     """The TFDS feature connector JSON of one declared feature."""
     if feature.tfds == "image":
-        return {"image": {"dtype": "uint8", "encodingFormat": "jpeg",
-                          "shape": {"dimensions": [str(image_size), str(image_size), "3"]}},
-                "pythonClassName": _TFDS + "image_feature.Image"}
+        return {
+            "image": {
+                "dtype": "uint8",
+                "encodingFormat": "jpeg",
+                "shape": {"dimensions": [str(image_size), str(image_size), "3"]},
+            },
+            "pythonClassName": _TFDS + "image_feature.Image",
+        }
     if feature.tfds == "text":
         return {"pythonClassName": _TFDS + "text_feature.Text", "text": {}}
     if feature.tfds == "scalar":
         return {"pythonClassName": _TFDS + "scalar.Scalar", "tensor": _tensor(feature.dtype)}
     if feature.tfds == "class_label":
-        return {"classLabel": {"numClasses": str(len(schema.CLASS_NAMES))},
-                "pythonClassName": _TFDS + "class_label_feature.ClassLabel"}
+        return {
+            "classLabel": {"numClasses": str(len(schema.CLASS_NAMES))},
+            "pythonClassName": _TFDS + "class_label_feature.ClassLabel",
+        }
     if feature.tfds == "tensor":
         return {"pythonClassName": _TFDS + "tensor_feature.Tensor", "tensor": _tensor(feature.dtype, (feature.length,))}
     raise ValueError(f"{feature.key}: no TFDS connector {feature.tfds!r}")
@@ -75,20 +85,32 @@ def dataset_info_json(manifest: dict) -> dict:
     """dataset_info.json: name, version and each split's exact shard lengths and bytes (from the manifest; TFDS
     counts the serialized examples, without the TFRecord framing)."""
     framing = tfrecord.HEADER_BYTES + tfrecord.FOOTER_BYTES
-    splits = [{"filepathTemplate": TEMPLATE, "name": split,
-               "numBytes": str(sum(s["bytes"] - framing * s["num_records"] for s in info["shards"])),
-               "shardLengths": [str(s["num_records"]) for s in info["shards"]]}
-              for split, info in sorted(manifest["splits"].items())]
-    return {"description": DESCRIPTION, "fileFormat": "tfrecord", "name": manifest["name"], "splits": splits,
-            "version": "1.0.0"}
+    splits = [
+        {
+            "filepathTemplate": TEMPLATE,
+            "name": split,
+            "numBytes": str(sum(s["bytes"] - framing * s["num_records"] for s in info["shards"])),
+            "shardLengths": [str(s["num_records"]) for s in info["shards"]],
+        }
+        for split, info in sorted(manifest["splits"].items())
+    ]
+    return {
+        "description": DESCRIPTION,
+        "fileFormat": "tfrecord",
+        "name": manifest["name"],
+        "splits": splits,
+        "version": "1.0.0",
+    }
 
 
 def files(manifest: dict) -> Dict[str, bytes]:
     """File name -> content of the TFDS metadata of a dataset."""
     dump = lambda obj: json.dumps(obj, indent=4, sort_keys=True).encode()  # noqa: E731
-    return {"dataset_info.json": dump(dataset_info_json(manifest)),
-            "features.json": dump(features_json(Transform.from_dict(manifest).image_size)),
-            LABELS_FILE: ("\n".join(schema.CLASS_NAMES) + "\n").encode()}
+    return {
+        "dataset_info.json": dump(dataset_info_json(manifest)),
+        "features.json": dump(features_json(Transform.from_dict(manifest).image_size)),
+        LABELS_FILE: ("\n".join(schema.CLASS_NAMES) + "\n").encode(),
+    }
 
 
 def write(folder: str, manifest: dict) -> None:

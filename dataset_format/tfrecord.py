@@ -4,6 +4,7 @@ Each record is: uint64 length (little endian), uint32 masked crc32c of the lengt
 of the data (tensorflow/core/lib/io/record_writer.cc). The records job's workers write shards with this, and
 inspect_records / the manifest checks read them, all without importing TensorFlow.
 """
+
 from __future__ import annotations
 
 import struct

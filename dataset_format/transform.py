@@ -5,6 +5,7 @@ about, so a model never sees a different crop, resize or JPEG re-encode at servi
 settings are one frozen value, `Transform`, written whole to the manifest and to the run folder's run.json and
 passed whole to the records job's workers, the trainer's export (serving) and predict.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,9 @@ def decode_rgb(data: bytes, min_side: int = 0) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         if image.size[0] * image.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")):
             # Pillow only warns below twice its limit; we refuse (the image is dead-lettered) from the limit on.
-            raise Image.DecompressionBombError(f"{image.size[0]}x{image.size[1]} pixels exceed the limit of "
-                                               f"{Image.MAX_IMAGE_PIXELS}")
+            raise Image.DecompressionBombError(
+                f"{image.size[0]}x{image.size[1]} pixels exceed the limit of {Image.MAX_IMAGE_PIXELS}"
+            )
         if min_side and image.format == "JPEG":
             image.draft("RGB", (min_side, min_side))
         image.load()
@@ -72,13 +74,13 @@ def resize_square(image: Image.Image, size: int, mode: str = "crop") -> Image.Im
     if mode == "crop":
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
-        return Image.fromarray(_resize(pixels[top:top + side, left:left + side], size, size))
+        return Image.fromarray(_resize(pixels[top : top + side, left : left + side], size, size))
     if mode == "pad":
         scale = size / max(width, height)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         canvas = np.zeros((size, size, 3), np.uint8)
         top, left = (size - new_h) // 2, (size - new_w) // 2
-        canvas[top:top + new_h, left:left + new_w] = _resize(pixels, new_w, new_h)
+        canvas[top : top + new_h, left : left + new_w] = _resize(pixels, new_w, new_h)
         return Image.fromarray(canvas)
     if mode == "stretch":
         return Image.fromarray(_resize(pixels, size, size))
@@ -89,14 +91,17 @@ def resize_square(image: Image.Image, size: int, mode: str = "crop") -> Image.Im
 class Transform:
     """What turns a raw image into a training image: the square's side, how the square is cut, the JPEG quality
     the records store. The defaults here are the only ones (the records job's flags take theirs from it)."""
+
     image_size: int = 224
     resize_mode: str = "crop"
     jpeg_quality: int = 95
 
     def __post_init__(self):
         if type(self.image_size) is not int or not IMAGE_SIZES[0] <= self.image_size <= IMAGE_SIZES[1]:
-            raise ValueError(f"image_size {self.image_size!r}: expected a whole number of pixels from "
-                             f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}")
+            raise ValueError(
+                f"image_size {self.image_size!r}: expected a whole number of pixels from "
+                f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}"
+            )
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode {self.resize_mode!r}: expected one of {', '.join(RESIZE_MODES)}")
         if type(self.jpeg_quality) is not int or not 1 <= self.jpeg_quality <= 100:

@@ -13,6 +13,7 @@ the GPU hosts. The trainer uses it in distributed_epoch mode (see trainer/data.p
 Locally the dispatcher and each worker are separate processes, started with PR_SET_PDEATHSIG so that none outlives
 the launcher.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,17 @@ ROLES = ("local", "dispatcher", "worker", "vertex")
 
 @dataclasses.dataclass
 class DataService:
-    role: str = option("local", "local: a dispatcher and --num_workers workers on this machine; dispatcher or "
-                       "worker: one server of a cluster; vertex: a replica of launch.vertex's data service pool "
-                       "(the first also runs the dispatcher).", choices=ROLES)
+    role: str = option(
+        "local",
+        "local: a dispatcher and --num_workers workers on this machine; dispatcher or "
+        "worker: one server of a cluster; vertex: a replica of launch.vertex's data service pool "
+        "(the first also runs the dispatcher).",
+        choices=ROLES,
+    )
     num_workers: int = option(2, "Workers to start (role=local).", lower_bound=1)
     port: int = option(0, "The dispatcher's port (0: a free one).", lower_bound=0, upper_bound=65535)
     dispatcher: str = option("", "HOST:PORT of the dispatcher (role=worker).")
-    worker_port: int = option(0, "This worker's port (role=worker; 0: a free one).", lower_bound=0,
-                              upper_bound=65535)
+    worker_port: int = option(0, "This worker's port (role=worker; 0: a free one).", lower_bound=0, upper_bound=65535)
 
     def validate(self) -> None:
         if self.role == "worker" and ":" not in self.dispatcher:
@@ -69,8 +73,9 @@ def serve(role: str, port: int, dispatcher: str = "") -> None:
     if role == "dispatcher":
         server = service.DispatchServer(service.DispatcherConfig(port=port))
     else:  # it advertises the address the trainers reach it at: on Vertex AI, its own host in CLUSTER_SPEC
-        server = service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher, port=port,
-                                                           worker_address=f"{host}:%port%"))
+        server = service.WorkerServer(
+            service.WorkerConfig(dispatcher_address=dispatcher, port=port, worker_address=f"{host}:%port%")
+        )
     print(f"tf.data service {role} serving on port {port or 'any'}", flush=True)
     server.join()
 
@@ -94,14 +99,27 @@ def start_local(num_workers: int, port: int = 0) -> Tuple[str, List[subprocess.P
     port = port or free_ports(1)[0]
     command = [sys.executable, "-m", "launch.data_service"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    processes = [subprocess.Popen([*command, "--role=dispatcher", f"--port={port}"], env=env,
-                                  start_new_session=True, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL)]
+    processes = [
+        subprocess.Popen(
+            [*command, "--role=dispatcher", f"--port={port}"],
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            stdout=subprocess.DEVNULL,
+        )
+    ]
     try:
         _wait_for_port(port, processes)
         for _ in range(num_workers):
-            processes.append(subprocess.Popen([*command, "--role=worker", f"--dispatcher=127.0.0.1:{port}"],
-                                              env=env, start_new_session=True, preexec_fn=die_with_parent,
-                                              stdout=subprocess.DEVNULL))
+            processes.append(
+                subprocess.Popen(
+                    [*command, "--role=worker", f"--dispatcher=127.0.0.1:{port}"],
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
     except BaseException:
         stop_local(processes)
         raise
@@ -119,8 +137,11 @@ def main(argv: Sequence[str]) -> int:
         serve(config.role, config.port, config.dispatcher)
         return 0
     address, processes = start_local(config.num_workers, config.port)
-    print(f"tf.data service at {address}: a dispatcher and {config.num_workers} workers; train with "
-          f"--data_service={address}. Ctrl-C stops it.", flush=True)
+    print(
+        f"tf.data service at {address}: a dispatcher and {config.num_workers} workers; train with "
+        f"--data_service={address}. Ctrl-C stops it.",
+        flush=True,
+    )
     stopped = []
     previous = signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))
     try:

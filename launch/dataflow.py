@@ -12,6 +12,7 @@ on each worker (measured: OpenCV 173 MB, Pillow 21 MB) instead of about 2.4 GB. 
 gs:// paths only, so --celeba_dir, --output_dir and --staging_location must be gs:// (or --source=tfds with a gs://
 output).
 """
+
 from __future__ import annotations
 
 import configparser
@@ -35,8 +36,15 @@ WORKER_DISTRIBUTION = "celeba-records-worker"
 WORKER_PACKAGES = ("celeba_common", "dataset_format", "preprocessing")
 WORKER_REQUIREMENTS = os.path.join("requirements", "records.txt")
 # Flags that launch.dataflow sets itself: given after the --, they are refused with the flag to use instead.
-OWN_BEAM_FLAGS = {"runner": None, "setup_file": None, "extra_package": None, "project": "--project",
-                  "region": "--region", "temp_location": "--temp_location", "staging_location": "--staging_location"}
+OWN_BEAM_FLAGS = {
+    "runner": None,
+    "setup_file": None,
+    "extra_package": None,
+    "project": "--project",
+    "region": "--region",
+    "temp_location": "--temp_location",
+    "staging_location": "--staging_location",
+}
 
 
 @dataclasses.dataclass
@@ -65,23 +73,42 @@ def build_worker_package(out_dir: str) -> str:
     staging = tempfile.mkdtemp(prefix="celeba-worker-")
     try:
         for package in WORKER_PACKAGES:
-            shutil.copytree(os.path.join(ROOT, package), os.path.join(staging, package),
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                os.path.join(ROOT, package),
+                os.path.join(staging, package),
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
         os.makedirs(os.path.join(staging, "requirements"))
         shutil.copy(os.path.join(ROOT, WORKER_REQUIREMENTS), os.path.join(staging, WORKER_REQUIREMENTS))
         project = configparser.ConfigParser()
         project.read(os.path.join(ROOT, "setup.cfg"))
         with open(os.path.join(staging, "setup.cfg"), "w") as f:
-            f.write(f"[metadata]\nname = {WORKER_DISTRIBUTION}\nversion = {project['metadata']['version']}\n"
-                    f"description = The CelebA records job (Apache Beam) for Dataflow workers: no TensorFlow\n"
-                    f"[options]\npackages = find:\npython_requires = >=3.10\n"
-                    f"install_requires = file: {WORKER_REQUIREMENTS}\n")
+            f.write(
+                f"[metadata]\nname = {WORKER_DISTRIBUTION}\nversion = {project['metadata']['version']}\n"
+                f"description = The CelebA records job (Apache Beam) for Dataflow workers: no TensorFlow\n"
+                f"[options]\npackages = find:\npython_requires = >=3.10\n"
+                f"install_requires = file: {WORKER_REQUIREMENTS}\n"
+            )
         with open(os.path.join(staging, "setup.py"), "w") as f:
             f.write("from setuptools import setup\n\nsetup()\n")
         isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
         os.makedirs(out_dir, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *isolation,
-                               f"--wheel-dir={out_dir}", staging], capture_output=True, text=True, cwd=staging)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                *isolation,
+                f"--wheel-dir={out_dir}",
+                staging,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=staging,
+        )
         if proc.returncode:
             raise UserError(f"building the workers' package failed: {' '.join(proc.stderr.split())[-300:]}")
     finally:
@@ -99,27 +126,44 @@ def build_command(records_args: Sequence[str], job: DataflowJob, worker_package:
     if not temp_location or not temp_location.startswith("gs://"):
         raise UserError(f"--temp_location={temp_location}: a gs:// folder is required")
     if job.staging_location and not job.staging_location.startswith("gs://"):
-        raise UserError(f"--staging_location={job.staging_location}: a gs:// folder is required (Dataflow's "
-                        f"workers read the staged code from it)")
+        raise UserError(
+            f"--staging_location={job.staging_location}: a gs:// folder is required (Dataflow's "
+            f"workers read the staged code from it)"
+        )
     if max_num_workers is not None and max_num_workers < 1:
         raise UserError(f"--max_num_workers={max_num_workers}: must be >= 1")
     output_dir = _value(records_args, "output_dir")
     if not output_dir or not output_dir.startswith("gs://"):
-        raise UserError(f"--output_dir={output_dir}: Dataflow workers write only to gs:// paths; pass "
-                        f"--output_dir=gs://... after --")
+        raise UserError(
+            f"--output_dir={output_dir}: Dataflow workers write only to gs:// paths; pass "
+            f"--output_dir=gs://... after --"
+        )
     if _value(records_args, "source") != "tfds":
         celeba_dir = _value(records_args, "celeba_dir")
         if not celeba_dir or not celeba_dir.startswith("gs://"):
-            raise UserError(f"--celeba_dir={celeba_dir}: Dataflow workers read only gs:// paths; copy CelebA to a "
-                            f"bucket (gsutil -m cp -r) and pass --celeba_dir=gs://... after --")
+            raise UserError(
+                f"--celeba_dir={celeba_dir}: Dataflow workers read only gs:// paths; copy CelebA to a "
+                f"bucket (gsutil -m cp -r) and pass --celeba_dir=gs://... after --"
+            )
     for beam_flag, own_flag in OWN_BEAM_FLAGS.items():
         if _value(records_args, beam_flag) is not None:
-            instead = (f"pass {own_flag} before the --" if own_flag else
-                       "launch.dataflow sets it (the workers install its records-only package)")
+            instead = (
+                f"pass {own_flag} before the --"
+                if own_flag
+                else "launch.dataflow sets it (the workers install its records-only package)"
+            )
             raise UserError(f"--{beam_flag} after the --: {instead}")
-    command = [sys.executable, "-m", "preprocessing.build_records", *records_args, "--runner=DataflowRunner",
-               f"--project={project}", f"--region={region}", f"--temp_location={temp_location}",
-               f"--extra_package={worker_package}"]
+    command = [
+        sys.executable,
+        "-m",
+        "preprocessing.build_records",
+        *records_args,
+        "--runner=DataflowRunner",
+        f"--project={project}",
+        f"--region={region}",
+        f"--temp_location={temp_location}",
+        f"--extra_package={worker_package}",
+    ]
     for name in ("staging_location", "machine_type", "max_num_workers", "job_name"):
         if getattr(job, name):
             command.append(f"--{name}={getattr(job, name)}")

@@ -9,6 +9,7 @@ worker's status; no process is left behind, even when the launcher itself is kil
 started with PR_SET_PDEATHSIG). With --data_service_workers=N, a tf.data service (launch.data_service) is started
 first and the workers train through it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,8 +34,12 @@ class LocalCluster:
     num_workers: int = option(2, "Worker processes to start.", lower_bound=1)
     module: str = option("trainer.main", "Python module each worker runs.")
     grace_seconds: float = option(10.0, "How long stopped workers get between SIGTERM and SIGKILL.")
-    data_service_workers: int = option(0, "Also start a tf.data service (a dispatcher and this many workers) and "
-                                       "train through it (--data_service); 0: none.", lower_bound=0)
+    data_service_workers: int = option(
+        0,
+        "Also start a tf.data service (a dispatcher and this many workers) and "
+        "train through it (--data_service); 0: none.",
+        lower_bound=0,
+    )
 
 
 def free_ports(count: int) -> List[int]:
@@ -111,9 +116,15 @@ def run_cluster(num_workers: int, args: Sequence[str], module: str = "trainer.ma
         for index, config in enumerate(tf_configs(num_workers)):
             worker_env = {**os.environ, "TF_CONFIG": json.dumps(config), "PYTHONUNBUFFERED": "1"}
             worker_env.pop("CLUSTER_SPEC", None)
-            p = subprocess.Popen([sys.executable, "-m", module, *args], env=worker_env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                 preexec_fn=die_with_parent)
+            p = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                env=worker_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
             processes.append(p)
             t = threading.Thread(target=_pump, args=(index, p.stdout, lock), daemon=True)
             t.start()
@@ -148,8 +159,10 @@ def main(argv: Sequence[str]) -> int:
     for arg in args:  # each worker has one CPU device under MultiWorkerMirroredStrategy
         name, _, value = arg.partition("=")
         if name == "--num_cpu_devices" and value.strip() not in ("", "0", "1"):
-            raise UserError(f"{arg}: each worker of a local cluster trains on one CPU device; drop it (or try "
-                            f"MirroredStrategy in one process: python -m trainer.main {arg})")
+            raise UserError(
+                f"{arg}: each worker of a local cluster trains on one CPU device; drop it (or try "
+                f"MirroredStrategy in one process: python -m trainer.main {arg})"
+            )
     if config.data_service_workers:
         from launch import data_service
 

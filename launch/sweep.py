@@ -16,6 +16,7 @@ the first cell, and every cell trains its head on those features from epoch 1. W
 --feature_cache_dir=gs://..., the first invocation submits one GPU job that extracts the features; rerun the
 command once it has finished, and the cells go out on --cell_machine_type without a GPU.
 """
+
 from __future__ import annotations
 
 import csv
@@ -45,12 +46,27 @@ class SweepConfig:
     output_dir: str = option("runs/sweep", "One model_dir per cell under it, and the summary.")
     converged_epochs: int = option(3, "'Converged' = mean over this many last epochs.", lower_bound=1)
     vertex: bool = option(False, "Run each cell as a Vertex AI job (uses launch.vertex's flags).")
-    cell_machine_type: str = option("n1-standard-8", "With --vertex and shared features (--feature_cache_dir=gs://"
-                                    "...): the machine of each cell, which trains only the head on the cached "
-                                    "features, without GPU; the extraction job gets launch.vertex's machine.")
+    cell_machine_type: str = option(
+        "n1-standard-8",
+        "With --vertex and shared features (--feature_cache_dir=gs://"
+        "...): the machine of each cell, which trains only the head on the cached "
+        "features, without GPU; the extraction job gets launch.vertex's machine.",
+    )
 
-COLUMNS = ("lr", "batch_size", "status", "epochs", "val_accuracy_lowest", "val_accuracy_highest",
-           "val_accuracy_converged", "val_loss_at_lowest", "val_loss_at_highest", "val_loss_converged", "model_dir")
+
+COLUMNS = (
+    "lr",
+    "batch_size",
+    "status",
+    "epochs",
+    "val_accuracy_lowest",
+    "val_accuracy_highest",
+    "val_accuracy_converged",
+    "val_loss_at_lowest",
+    "val_loss_at_highest",
+    "val_loss_converged",
+    "model_dir",
+)
 
 
 def parse_grid(lrs: Sequence[str], batch_sizes: Sequence[str]):
@@ -79,8 +95,13 @@ def cell_name(lr: float, batch_size: int) -> str:
 
 
 def cell_args(lr: float, batch_size: int, epochs: int, model_dir: str, trainer_args: Sequence[str]) -> List[str]:
-    return [*trainer_args, f"--model_dir={model_dir}", f"--batch_size={batch_size}", f"--lr={lr!r}",
-            f"--epochs={epochs}"]
+    return [
+        *trainer_args,
+        f"--model_dir={model_dir}",
+        f"--batch_size={batch_size}",
+        f"--lr={lr!r}",
+        f"--epochs={epochs}",
+    ]
 
 
 class Status(enum.Enum):
@@ -93,6 +114,7 @@ class Status(enum.Enum):
 @dataclasses.dataclass
 class Cell:
     """One cell of the grid and where it stands; `row()` is its line in summary.csv."""
+
     lr: float
     batch_size: int
     model_dir: str
@@ -106,9 +128,15 @@ class Cell:
 
     def row(self) -> dict:
         status = {Status.FAILED: f"failed ({self.detail})", Status.SUBMITTED: f"submitted {self.detail}"}.get(
-            self.status, self.status.value)
-        return {"lr": self.lr, "batch_size": self.batch_size, "model_dir": self.model_dir, "status": status,
-                **self.metrics}
+            self.status, self.status.value
+        )
+        return {
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "model_dir": self.model_dir,
+            "status": status,
+            **self.metrics,
+        }
 
 
 def summarize_history(history: List[dict], converged_epochs: int) -> Dict[str, float]:
@@ -117,10 +145,15 @@ def summarize_history(history: List[dict], converged_epochs: int) -> Dict[str, f
     loss = [float(r["val_loss"]) for r in history]
     low, high = acc.index(min(acc)), acc.index(max(acc))
     tail = slice(-min(converged_epochs, len(acc)), None)
-    return {"val_accuracy_lowest": acc[low], "val_accuracy_highest": acc[high],
-            "val_accuracy_converged": sum(acc[tail]) / len(acc[tail]),
-            "val_loss_at_lowest": loss[low], "val_loss_at_highest": loss[high],
-            "val_loss_converged": sum(loss[tail]) / len(loss[tail]), "epochs": len(acc)}
+    return {
+        "val_accuracy_lowest": acc[low],
+        "val_accuracy_highest": acc[high],
+        "val_accuracy_converged": sum(acc[tail]) / len(acc[tail]),
+        "val_loss_at_lowest": loss[low],
+        "val_loss_at_highest": loss[high],
+        "val_loss_converged": sum(loss[tail]) / len(loss[tail]),
+        "epochs": len(acc),
+    }
 
 
 def _run_local(args: Sequence[str], log_path: str) -> tuple:
@@ -139,15 +172,23 @@ def shares_features(trainer) -> bool:
 
 def _extract_once(lrs, batch_sizes, output_dir: str, trainer_args: Sequence[str]) -> None:
     """Runs the frozen backbone once for the grid (trainer.extract_features); every cell then reuses the features."""
-    print(f"[sweep] the backbone runs once for all {len(lrs) * len(batch_sizes)} cells: extracting the features",
-          flush=True)
-    proc = subprocess.run([sys.executable, "-m", "trainer.extract_features", *trainer_args,
-                           f"--batch_size={min(batch_sizes)}"], capture_output=True, text=True)
+    print(
+        f"[sweep] the backbone runs once for all {len(lrs) * len(batch_sizes)} cells: extracting the features",
+        flush=True,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.extract_features", *trainer_args, f"--batch_size={min(batch_sizes)}"],
+        capture_output=True,
+        text=True,
+    )
     fileio.write_bytes(fileio.join(output_dir, "extract_features.log"), (proc.stdout + proc.stderr).encode())
     if proc.returncode:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        print(f"[sweep] extracting the features failed ({(errors or ['see extract_features.log'])[-1]}); each cell "
-              f"extracts its own", flush=True)
+        print(
+            f"[sweep] extracting the features failed ({(errors or ['see extract_features.log'])[-1]}); each cell "
+            f"extracts its own",
+            flush=True,
+        )
 
 
 def _extracted(trainer) -> bool:
@@ -156,23 +197,25 @@ def _extracted(trainer) -> bool:
     from dataset_format.manifest import read_manifest
     from trainer import cache_layout
 
-    facts = cache_layout.key_facts(read_manifest(trainer.data_dir), trainer.weights, trainer.pooling,
-                                   trainer.precision, trainer.seed)
+    facts = cache_layout.key_facts(
+        read_manifest(trainer.data_dir), trainer.weights, trainer.pooling, trainer.precision, trainer.seed
+    )
     unknown = ("precision",) if trainer.precision == "auto" else ()
-    return any(cache_layout.serves(entry, facts, unknown)
-               for entry in fileio.glob(fileio.join(trainer.feature_cache_dir, "*")))
+    return any(
+        cache_layout.serves(entry, facts, unknown) for entry in fileio.glob(fileio.join(trainer.feature_cache_dir, "*"))
+    )
 
 
-def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], trainer,
-                       jobs: dict) -> Optional[str]:
+def _submit_extraction(vertex: vertex_lib.VertexJob, trainer_args: Sequence[str], trainer, jobs: dict) -> Optional[str]:
     """With --vertex: the one GPU job that fills the shared gs:// cache; None once it is known to have finished."""
     if not trainer.feature_cache_dir.startswith("gs://"):
         return None  # each cell extracts its own features, as a single run does
     if "extract" in jobs and _extracted(trainer):
         return None
     if "extract" not in jobs:
-        jobs["extract"] = vertex_lib.launch(vertex, trainer_args, display_name="sweep-extract-features",
-                                            module="trainer.extract_features")
+        jobs["extract"] = vertex_lib.launch(
+            vertex, trainer_args, display_name="sweep-extract-features", module="trainer.extract_features"
+        )
     return jobs["extract"] or "dry run"
 
 
@@ -185,8 +228,10 @@ class LocalCells:
 
     def start(self, cell: Cell) -> None:
         print(f"[sweep] {cell.name}: training ({self.epochs} epochs)", flush=True)
-        code, reason = _run_local(cell_args(cell.lr, cell.batch_size, self.epochs, cell.model_dir, self.trainer_args),
-                                  fileio.join(self.output_dir, f"{cell.name}.log"))
+        code, reason = _run_local(
+            cell_args(cell.lr, cell.batch_size, self.epochs, cell.model_dir, self.trainer_args),
+            fileio.join(self.output_dir, f"{cell.name}.log"),
+        )
         if code != 0:
             cell.status, cell.detail = Status.FAILED, reason or f"exit {code}"
             print(f"[sweep] {cell.name}: FAILED: {reason}", flush=True)
@@ -196,17 +241,24 @@ class VertexCells:
     """Cells submitted as Vertex AI jobs, each with its own base_output_dir (its AIP_CHECKPOINT_DIR and logs); the
     jobs are remembered in vertex_jobs.json, so a rerun submits nothing twice and collects what finished."""
 
-    def __init__(self, vertex: vertex_lib.VertexJob, epochs: int, trainer_args: Sequence[str], jobs: dict,
-                 jobs_path: str):
-        self.vertex, self.epochs, self.trainer_args, self.jobs, self.jobs_path = \
-            vertex, epochs, trainer_args, jobs, jobs_path
+    def __init__(
+        self, vertex: vertex_lib.VertexJob, epochs: int, trainer_args: Sequence[str], jobs: dict, jobs_path: str
+    ):
+        self.vertex, self.epochs, self.trainer_args, self.jobs, self.jobs_path = (
+            vertex,
+            epochs,
+            trainer_args,
+            jobs,
+            jobs_path,
+        )
 
     def start(self, cell: Cell) -> None:
         if cell.name not in self.jobs:
-            submitted = vertex_lib.launch(dataclasses.replace(self.vertex, base_output_dir=cell.model_dir),
-                                          cell_args(cell.lr, cell.batch_size, self.epochs, cell.model_dir,
-                                                    self.trainer_args),
-                                          display_name=f"sweep-{cell.name}".replace(".", "-"))
+            submitted = vertex_lib.launch(
+                dataclasses.replace(self.vertex, base_output_dir=cell.model_dir),
+                cell_args(cell.lr, cell.batch_size, self.epochs, cell.model_dir, self.trainer_args),
+                display_name=f"sweep-{cell.name}".replace(".", "-"),
+            )
             if not submitted:  # --dry_run: printed, not sent
                 cell.status = Status.DRY_RUN
                 return
@@ -227,9 +279,16 @@ def _cell(cell: Cell, runner, finished, converged_epochs: int) -> Cell:
     return cell
 
 
-def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, output_dir: str,
-              trainer_args: Sequence[str], converged_epochs: int = 3,
-              vertex: Optional[vertex_lib.VertexJob] = None, cell_machine_type: str = "n1-standard-8") -> List[dict]:
+def run_sweep(
+    lrs: Sequence[float],
+    batch_sizes: Sequence[int],
+    epochs: int,
+    output_dir: str,
+    trainer_args: Sequence[str],
+    converged_epochs: int = 3,
+    vertex: Optional[vertex_lib.VertexJob] = None,
+    cell_machine_type: str = "n1-standard-8",
+) -> List[dict]:
     """Runs (or, with a VertexJob, submits) every unfinished cell, then tabulates all of them. Returns the rows.
 
     With cached features, the backbone runs once first: locally here, on Vertex as its own GPU job, after which
@@ -245,18 +304,28 @@ def run_sweep(lrs: Sequence[float], batch_sizes: Sequence[int], epochs: int, out
         _extract_once(lrs, batch_sizes, output_dir, trainer_args)
     if unfinished and shares_features(trainer) and vertex:
         extraction = _submit_extraction(
-            dataclasses.replace(vertex, base_output_dir=fileio.join(output_dir, "extract_features")), trainer_args,
-            trainer, jobs)
+            dataclasses.replace(vertex, base_output_dir=fileio.join(output_dir, "extract_features")),
+            trainer_args,
+            trainer,
+            jobs,
+        )
         if extraction and extraction != "dry run":
             fileio.write_bytes(jobs_path, json.dumps(jobs, indent=2).encode())
-            print(f"[sweep] extracting the features once ({extraction}); rerun this command when it has finished "
-                  f"to submit the cells, which then need no GPU", flush=True)
+            print(
+                f"[sweep] extracting the features once ({extraction}); rerun this command when it has finished "
+                f"to submit the cells, which then need no GPU",
+                flush=True,
+            )
             return []
         if extraction or trainer.feature_cache_dir:
-            vertex = dataclasses.replace(vertex, machine_type=cell_machine_type, accelerator_type=None,
-                                         accelerator_count=0)
-    runner = VertexCells(vertex, epochs, trainer_args, jobs, jobs_path) if vertex else \
-        LocalCells(epochs, output_dir, trainer_args)
+            vertex = dataclasses.replace(
+                vertex, machine_type=cell_machine_type, accelerator_type=None, accelerator_count=0
+            )
+    runner = (
+        VertexCells(vertex, epochs, trainer_args, jobs, jobs_path)
+        if vertex
+        else LocalCells(epochs, output_dir, trainer_args)
+    )
     rows = [_cell(cell, runner, finished, converged_epochs).row() for cell in cells]
     if dry_run:
         print(f"[sweep] dry run: {len(rows)} cell jobs printed; nothing was read from or written to {output_dir}")
@@ -281,31 +350,67 @@ def write_summary(rows: List[dict], output_dir: str, trainer_args: Sequence[str]
     writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{v!r}" if k == "lr" else round(v, 6) if isinstance(v, float) else v)
-                         for k, v in r.items()})
+        writer.writerow(
+            {k: (f"{v!r}" if k == "lr" else round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}
+        )
     fileio.write_bytes(fileio.join(output_dir, "summary.csv"), out.getvalue().encode())
-    lines = ["# Sweep summary", "", "## Validation accuracy", "",
-             "| lr | batch size | lowest | highest | converged | status |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Sweep summary",
+        "",
+        "## Validation accuracy",
+        "",
+        "| lr | batch size | lowest | highest | converged | status |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['lr']!r} | {r['batch_size']} | {_fmt(r.get('val_accuracy_lowest', '-'))} | "
-                     f"{_fmt(r.get('val_accuracy_highest', '-'))} | {_fmt(r.get('val_accuracy_converged', '-'))} | "
-                     f"{r['status']} |")
-    lines += ["", "## Validation loss (at the lowest / highest accuracy epoch, converged)", "",
-              "| lr | batch size | at lowest accuracy | at highest accuracy | converged |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['lr']!r} | {r['batch_size']} | {_fmt(r.get('val_accuracy_lowest', '-'))} | "
+            f"{_fmt(r.get('val_accuracy_highest', '-'))} | {_fmt(r.get('val_accuracy_converged', '-'))} | "
+            f"{r['status']} |"
+        )
+    lines += [
+        "",
+        "## Validation loss (at the lowest / highest accuracy epoch, converged)",
+        "",
+        "| lr | batch size | at lowest accuracy | at highest accuracy | converged |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['lr']!r} | {r['batch_size']} | {_fmt(r.get('val_loss_at_lowest', '-'))} | "
-                     f"{_fmt(r.get('val_loss_at_highest', '-'))} | {_fmt(r.get('val_loss_converged', '-'))} |")
-    best = best_cell(rows)
-    if best:
-        command = shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "trainer.main",
-                              *cell_args(best["lr"], best["batch_size"], epochs, best["model_dir"], trainer_args)])
-        lines += ["", f"**Best cell:** lr={best['lr']!r}, batch size={best['batch_size']} (converged val accuracy "
-                      f"{best['val_accuracy_converged']:.4f}, val loss {best['val_loss_converged']:.4f}).", "",
-                  "Reproduce it with:", "", f"    {command}"]
-        print(f"[sweep] best cell: lr={best['lr']!r} batch_size={best['batch_size']} "
-              f"(converged val accuracy {best['val_accuracy_converged']:.4f}); reproduce with:\n  {command}")
+        lines.append(
+            f"| {r['lr']!r} | {r['batch_size']} | {_fmt(r.get('val_loss_at_lowest', '-'))} | "
+            f"{_fmt(r.get('val_loss_at_highest', '-'))} | {_fmt(r.get('val_loss_converged', '-'))} |"
+        )
+    lines += _best_cell_lines(best_cell(rows), epochs, trainer_args)
     fileio.write_bytes(fileio.join(output_dir, "summary.md"), ("\n".join(lines) + "\n").encode())
     plot_heatmap(rows, fileio.join(output_dir, "val_accuracy_heatmap.png"))
+
+
+def _best_cell_lines(best: Optional[dict], epochs: int, trainer_args: Sequence[str]) -> List[str]:
+    """summary.md's best-cell paragraph with the command that reproduces it (also printed); none without one."""
+    lines: List[str] = []
+    if best:
+        command = shlex.join(
+            [
+                sys.executable.rsplit("/", 1)[-1],
+                "-m",
+                "trainer.main",
+                *cell_args(best["lr"], best["batch_size"], epochs, best["model_dir"], trainer_args),
+            ]
+        )
+        lines += [
+            "",
+            f"**Best cell:** lr={best['lr']!r}, batch size={best['batch_size']} (converged val accuracy "
+            f"{best['val_accuracy_converged']:.4f}, val loss {best['val_loss_converged']:.4f}).",
+            "",
+            "Reproduce it with:",
+            "",
+            f"    {command}",
+        ]
+        print(
+            f"[sweep] best cell: lr={best['lr']!r} batch_size={best['batch_size']} "
+            f"(converged val accuracy {best['val_accuracy_converged']:.4f}); reproduce with:\n  {command}"
+        )
+    return lines
 
 
 def plot_heatmap(rows: List[dict], path: str) -> None:
@@ -325,8 +430,14 @@ def plot_heatmap(rows: List[dict], path: str) -> None:
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis")
     for i in range(len(lrs)):
         for j in range(len(sizes)):
-            ax.text(j, i, "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}", ha="center", va="center",
-                    color="white" if np.isnan(grid[i, j]) or grid[i, j] < np.nanmean(grid) else "black")
+            ax.text(
+                j,
+                i,
+                "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}",
+                ha="center",
+                va="center",
+                color="white" if np.isnan(grid[i, j]) or grid[i, j] < np.nanmean(grid) else "black",
+            )
     ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
     ax.set_yticks(range(len(lrs)), [repr(lr) for lr in lrs])
     ax.set_xlabel("batch size")
@@ -349,15 +460,27 @@ def main(argv: Sequence[str]) -> int:
     lrs, batch_sizes = parse_grid(config.lrs, config.batch_sizes)
     vertex = from_flags(vertex_lib.VertexJob) if config.vertex else None
     if vertex and not config.output_dir.startswith("gs://"):
-        raise UserError(f"--output_dir={config.output_dir}: Vertex AI jobs need a gs:// output folder (each cell's "
-                        f"base_output_dir is its folder there)")
-    rows = run_sweep(lrs, batch_sizes, config.epochs, config.output_dir, args, config.converged_epochs, vertex,
-                     config.cell_machine_type)
+        raise UserError(
+            f"--output_dir={config.output_dir}: Vertex AI jobs need a gs:// output folder (each cell's "
+            f"base_output_dir is its folder there)"
+        )
+    rows = run_sweep(
+        lrs,
+        batch_sizes,
+        config.epochs,
+        config.output_dir,
+        args,
+        config.converged_epochs,
+        vertex,
+        config.cell_machine_type,
+    )
     if vertex and vertex.dry_run:
         return 0
     failed = [r for r in rows if r["status"].startswith("failed")]
-    print(f"[sweep] {len(rows) - len(failed)} of {len(rows)} cells ok; summary in "
-          f"{fileio.join(config.output_dir, 'summary.md')}")
+    print(
+        f"[sweep] {len(rows) - len(failed)} of {len(rows)} cells ok; summary in "
+        f"{fileio.join(config.output_dir, 'summary.md')}"
+    )
     return 1 if failed and len(failed) == len(rows) else 0
 
 

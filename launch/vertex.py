@@ -16,6 +16,7 @@ Serving: python -m launch.vertex --deploy --project=P --region=R --model_uri=gs:
 uploads the SavedModel as a Vertex AI Model (prebuilt TF serving container) and deploys it to an endpoint
 (launch/deploy.py); with --dry_run it prints the requests, the gcloud commands and a predict call.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,27 +36,38 @@ from launch import machines
 @dataclasses.dataclass
 class VertexJob:
     """Where and on what the trainer runs on Vertex AI (launch.sweep builds the same from its own flags)."""
+
     project: Optional[str] = option(None, "Google Cloud project.")
     region: str = option("us-central1", "Vertex AI region.")
     image_uri: Optional[str] = option(None, "Trainer container image (built from launch/Dockerfile).")
-    machine_type: Optional[str] = option(None, "Machine type of every replica (default: the one that carries the "
-                                         "GPUs, n1-standard-8 without).")
-    accelerator_type: Optional[str] = option(None, "e.g. NVIDIA_TESLA_T4, NVIDIA_L4, NVIDIA_A100_80GB, "
-                                             "NVIDIA_H100_80GB.")
+    machine_type: Optional[str] = option(
+        None, "Machine type of every replica (default: the one that carries the GPUs, n1-standard-8 without)."
+    )
+    accelerator_type: Optional[str] = option(
+        None, "e.g. NVIDIA_TESLA_T4, NVIDIA_L4, NVIDIA_A100_80GB, NVIDIA_H100_80GB."
+    )
     accelerator_count: int = option(0, "GPUs per replica.")
     replica_count: int = option(1, "Machines: 1 chief + (replica_count - 1) workers.")
     display_name: Optional[str] = option(None, "Job name (default celeba-vgg16-<time>).")
-    base_output_dir: Optional[str] = option(None, "gs:// folder of the job's outputs (required): Vertex AI sets "
-                                            "AIP_MODEL_DIR=<it>/model/, the trainer's --model_dir.")
+    base_output_dir: Optional[str] = option(
+        None,
+        "gs:// folder of the job's outputs (required): Vertex AI sets "
+        "AIP_MODEL_DIR=<it>/model/, the trainer's --model_dir.",
+    )
     service_account: Optional[str] = option(None, "Service account the job runs as.")
     spot: bool = option(False, "Run on Spot VMs (cheaper, preemptible; the trainer resumes where it stopped).")
-    restart_job_on_worker_restart: bool = option(False, "Restart the whole job when a worker restarts (with Spot "
-                                                 "VMs: every worker resumes from the last checkpoint).")
+    restart_job_on_worker_restart: bool = option(
+        False,
+        "Restart the whole job when a worker restarts (with Spot VMs: every worker resumes from the last checkpoint).",
+    )
     timeout: str = option("", "Longest run, e.g. 36h, 90m, 7d (default: Vertex AI's 7 days).")
     labels: Tuple[str, ...] = option((), "Labels of the job, e.g. team=vision,run=baseline.")
-    data_service_workers: int = option(0, "Add a pool of this many CPU machines running a tf.data service "
-                                       "(launch.data_service) that decodes the training input; 0: none.",
-                                       lower_bound=0)
+    data_service_workers: int = option(
+        0,
+        "Add a pool of this many CPU machines running a tf.data service "
+        "(launch.data_service) that decodes the training input; 0: none.",
+        lower_bound=0,
+    )
     data_service_machine_type: str = option("n2-highcpu-32", "Machine type of the tf.data service pool.")
     dry_run: bool = option(False, "Print the job instead of submitting it.")
 
@@ -77,27 +89,41 @@ def parse_labels(pairs: Sequence[str]) -> Dict[str, str]:
     for pair in pairs:
         key, _, value = pair.partition("=")
         if not (re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) and re.fullmatch(r"[a-z0-9_-]{0,63}", value)):
-            raise UserError(f"--labels={pair}: labels are key=value, lowercase letters, digits, _ and - (a key "
-                            f"starts with a letter; 63 characters at most)")
+            raise UserError(
+                f"--labels={pair}: labels are key=value, lowercase letters, digits, _ and - (a key "
+                f"starts with a letter; 63 characters at most)"
+            )
         labels[key] = value
     return labels
 
 
-def job_spec(display_name: str, image_uri: str, machine_type: Optional[str], accelerator_type: Optional[str],
-             accelerator_count: int, replica_count: int, args: Sequence[str],
-             base_output_dir: Optional[str] = None, service_account: Optional[str] = None,
-             module: str = "trainer.main", scheduling: Optional[dict] = None,
-             labels: Optional[Dict[str, str]] = None) -> dict:
+def job_spec(
+    display_name: str,
+    image_uri: str,
+    machine_type: Optional[str],
+    accelerator_type: Optional[str],
+    accelerator_count: int,
+    replica_count: int,
+    args: Sequence[str],
+    base_output_dir: Optional[str] = None,
+    service_account: Optional[str] = None,
+    module: str = "trainer.main",
+    scheduling: Optional[dict] = None,
+    labels: Optional[Dict[str, str]] = None,
+) -> dict:
     """The CustomJob resource (REST field names) for the trainer."""
     if replica_count < 1:
         raise UserError(f"--replica_count={replica_count}: must be >= 1 (1 chief + replica_count - 1 workers)")
-    machine_type, accelerator_type, accelerator_count = machines.resolve(machine_type, accelerator_type,
-                                                                         accelerator_count)
+    machine_type, accelerator_type, accelerator_count = machines.resolve(
+        machine_type, accelerator_type, accelerator_count
+    )
     if not image_uri:
         raise UserError("--image_uri is required: the trainer image built from launch/Dockerfile")
     if not base_output_dir or not base_output_dir.startswith("gs://"):
-        raise UserError(f"--base_output_dir={base_output_dir}: a gs:// folder is required; Vertex AI writes the "
-                        f"job's outputs under it (the model in <it>/model/) and stages the job there")
+        raise UserError(
+            f"--base_output_dir={base_output_dir}: a gs:// folder is required; Vertex AI writes the "
+            f"job's outputs under it (the model in <it>/model/) and stages the job there"
+        )
     machine = {"machineType": machine_type}
     if accelerator_type:
         machine.update({"acceleratorType": accelerator_type, "acceleratorCount": accelerator_count})
@@ -136,16 +162,20 @@ def gcloud_command(job: dict, project: str, region: str, spec_file: str = "job_s
     """The equivalent command line: gcloud with the job's spec as its --config, or, when the job has empty worker
     pools (gcloud refuses those; the REST API takes them), the REST call with curl."""
     if any(not pool for pool in job["jobSpec"]["workerPoolSpecs"]):
-        url = (f"https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}/customJobs")
-        return (f"# save the JSON above as job.json (its empty worker pools keep pool 3 in place, which gcloud's "
-                f"--config refuses), then:\n"
-                f"curl -X POST -H \"Authorization: Bearer $(gcloud auth print-access-token)\" "
-                f"-H \"Content-Type: application/json\" -d @job.json {shlex.quote(url)}")
+        url = f"https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}/customJobs"
+        return (
+            f"# save the JSON above as job.json (its empty worker pools keep pool 3 in place, which gcloud's "
+            f"--config refuses), then:\n"
+            f'curl -X POST -H "Authorization: Bearer $(gcloud auth print-access-token)" '
+            f'-H "Content-Type: application/json" -d @job.json {shlex.quote(url)}'
+        )
     labels = ",".join(f"{k}={v}" for k, v in job.get("labels", {}).items())
-    return (f"# save .jobSpec of the JSON above as {spec_file}, then:\n"
-            f"gcloud ai custom-jobs create --project={shlex.quote(project)} --region={shlex.quote(region)} "
-            f"--display-name={shlex.quote(job['displayName'])} --config={spec_file}" +
-            (f" --labels={shlex.quote(labels)}" if labels else ""))
+    return (
+        f"# save .jobSpec of the JSON above as {spec_file}, then:\n"
+        f"gcloud ai custom-jobs create --project={shlex.quote(project)} --region={shlex.quote(region)} "
+        f"--display-name={shlex.quote(job['displayName'])} --config={spec_file}"
+        + (f" --labels={shlex.quote(labels)}" if labels else "")
+    )
 
 
 def _snake(obj):
@@ -168,8 +198,10 @@ def submit(job: dict, project: str, region: str) -> str:
 
         google.auth.default()
     except Exception as e:  # DefaultCredentialsError and friends
-        raise UserError(f"no Google Cloud credentials ({type(e).__name__}): run 'gcloud auth application-default "
-                        f"login' or set GOOGLE_APPLICATION_CREDENTIALS") from None
+        raise UserError(
+            f"no Google Cloud credentials ({type(e).__name__}): run 'gcloud auth application-default "
+            f"login' or set GOOGLE_APPLICATION_CREDENTIALS"
+        ) from None
     spec = job["jobSpec"]
     base = spec["baseOutputDirectory"]["outputUriPrefix"]
     scheduling = spec.get("scheduling", {})
@@ -180,13 +212,22 @@ def submit(job: dict, project: str, region: str) -> str:
         extra["scheduling_strategy"] = custom_job_types.Scheduling.Strategy.SPOT
     try:
         aiplatform.init(project=project, location=region, staging_bucket=base)
-        custom = aiplatform.CustomJob(display_name=job["displayName"], labels=job.get("labels"),
-                                      worker_pool_specs=_snake(spec["workerPoolSpecs"]), base_output_dir=base)
-        custom.submit(service_account=spec.get("serviceAccount"), timeout=_seconds(scheduling.get("timeout")),
-                      restart_job_on_worker_restart=scheduling.get("restartJobOnWorkerRestart", False), **extra)
+        custom = aiplatform.CustomJob(
+            display_name=job["displayName"],
+            labels=job.get("labels"),
+            worker_pool_specs=_snake(spec["workerPoolSpecs"]),
+            base_output_dir=base,
+        )
+        custom.submit(
+            service_account=spec.get("serviceAccount"),
+            timeout=_seconds(scheduling.get("timeout")),
+            restart_job_on_worker_restart=scheduling.get("restartJobOnWorkerRestart", False),
+            **extra,
+        )
     except Exception as e:
-        raise UserError(f"Vertex AI refused the job: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
-            from None
+        raise UserError(
+            f"Vertex AI refused the job: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     return custom.resource_name
 
 
@@ -205,8 +246,10 @@ def check_batch_size(args: Sequence[str], replica_count: int, accelerator_count:
     batch = parse_trainer_flags(args).batch_size
     replicas = max(replica_count, 1) * max(accelerator_count, 1)
     if batch <= 0 or batch % replicas:
-        raise UserError(f"--batch_size={batch} does not divide by the job's {replicas} GPUs ({replica_count} "
-                        f"machines x {max(accelerator_count, 1)}); use a multiple of {replicas}")
+        raise UserError(
+            f"--batch_size={batch} does not divide by the job's {replicas} GPUs ({replica_count} "
+            f"machines x {max(accelerator_count, 1)}); use a multiple of {replicas}"
+        )
 
 
 def check_trainer_flags(args: Sequence[str]) -> None:
@@ -235,21 +278,36 @@ def parse_trainer_flags(args: Sequence[str]):
     return config
 
 
-def build_job(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None,
-              module: str = "trainer.main") -> dict:
+def build_job(
+    config: VertexJob, args: Sequence[str], display_name: Optional[str] = None, module: str = "trainer.main"
+) -> dict:
     """The CustomJob for `config` running the trainer with `args`."""
     if not config.project:
         raise UserError("--project is required")
     check_trainer_flags(args)
     _, _, gpus = machines.resolve(config.machine_type, config.accelerator_type, config.accelerator_count)
     check_batch_size(args, config.replica_count, gpus)
-    name = display_name or config.display_name or \
-        f"celeba-vgg16-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    name = (
+        display_name
+        or config.display_name
+        or f"celeba-vgg16-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    )
     if config.data_service_workers:
         args = [a for a in args if not a.startswith("--data_service")] + ["--data_service=vertex"]
-    job = job_spec(name, config.image_uri, config.machine_type, config.accelerator_type, config.accelerator_count,
-                   config.replica_count, args, config.base_output_dir, config.service_account, module,
-                   scheduling_of(config), parse_labels(config.labels))
+    job = job_spec(
+        name,
+        config.image_uri,
+        config.machine_type,
+        config.accelerator_type,
+        config.accelerator_count,
+        config.replica_count,
+        args,
+        config.base_output_dir,
+        config.service_account,
+        module,
+        scheduling_of(config),
+        parse_labels(config.labels),
+    )
     if config.data_service_workers:
         add_data_service_pool(job, config.image_uri, config.data_service_workers, config.data_service_machine_type)
     return job
@@ -261,13 +319,21 @@ def add_data_service_pool(job: dict, image_uri: str, workers: int, machine_type:
     pools = job["jobSpec"]["workerPoolSpecs"]
     while len(pools) < 3:
         pools.append({})
-    pools.append({"machineSpec": {"machineType": machine_type}, "replicaCount": workers,
-                  "containerSpec": {"imageUri": image_uri,
-                                    "command": ["python", "-m", "launch.data_service", "--role=vertex"]}})
+    pools.append(
+        {
+            "machineSpec": {"machineType": machine_type},
+            "replicaCount": workers,
+            "containerSpec": {
+                "imageUri": image_uri,
+                "command": ["python", "-m", "launch.data_service", "--role=vertex"],
+            },
+        }
+    )
 
 
-def launch(config: VertexJob, args: Sequence[str], display_name: Optional[str] = None,
-           module: str = "trainer.main") -> str:
+def launch(
+    config: VertexJob, args: Sequence[str], display_name: Optional[str] = None, module: str = "trainer.main"
+) -> str:
     """Dry run: prints the job and returns ''; else submits it and returns its resource name."""
     job = build_job(config, args, display_name, module)
     if not any(a.startswith("--data_dir=gs://") for a in args):

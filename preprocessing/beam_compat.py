@@ -13,6 +13,7 @@ What is private here and why:
   - `auth._Credentials`: against a GCS emulator (STORAGE_EMULATOR_HOST), Beam would spend ~22 s retrying to find
     Google credentials before it connects anonymously, which is what an emulator needs; we say so at once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,10 @@ _OPTIONAL_RUNNER_MODULES = ("apache_beam.runners.dask.dask_runner",)
 
 
 # Runners Beam knows only by their module path; --runner=DaskRunner is taken as short for it.
-_RUNNER_ALIASES = {"daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
-                   "dask": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+_RUNNER_ALIASES = {
+    "daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
+    "dask": "apache_beam.runners.dask.dask_runner.DaskRunner",
+}
 
 
 def expand_runner_alias(beam_args: Sequence[str]) -> List[str]:
@@ -130,8 +133,9 @@ def _all_subclasses(cls) -> List[type]:
     return out
 
 
-def pipeline_options(beam_args: Sequence[str], big: bool,
-                     worker_log: Optional[str] = None) -> Tuple[PipelineOptions, Optional[object]]:
+def pipeline_options(
+    beam_args: Sequence[str], big: bool, worker_log: Optional[str] = None
+) -> Tuple[PipelineOptions, Optional[object]]:
     """Beam options from the leftover flags, and the runner: None (Beam picks it from --runner) unless local.
 
     Locally, a big job (`big`) runs one worker process per core unless --direct_* flags say otherwise; their
@@ -159,15 +163,20 @@ def pipeline_options(beam_args: Sequence[str], big: bool,
         # a failing bundle is raised to the job, which reports it once as one line: not also each worker's
         # traceback of it (the same loggers cli.quiet_logs mutes in this process)
         muted = {name: "CRITICAL" for name in cli.WORKER_NOISE}
-        worker.sdk_harness_log_level_overrides = {"preprocessing": "INFO", **muted,
-                                                  **(worker.sdk_harness_log_level_overrides or {})}
+        worker.sdk_harness_log_level_overrides = {
+            "preprocessing": "INFO",
+            **muted,
+            **(worker.sdk_harness_log_level_overrides or {}),
+        }
         environment = _workers_ignoring_ctrl_c(worker_log)
         direct.direct_running_mode = None  # else FnApiRunner replaces our environment with its own
     # As DirectRunner does it, minus its Prism attempt: the options reach the worker processes too.
     provision = beam_provision_api_pb2.ProvisionInfo(
-        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True)))
-    return options, fn_runner.FnApiRunner(default_environment=environment,
-                                          provision_info=fn_runner.ExtendedProvisionInfo(provision))
+        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True))
+    )
+    return options, fn_runner.FnApiRunner(
+        default_environment=environment, provision_info=fn_runner.ExtendedProvisionInfo(provision)
+    )
 
 
 def _workers_ignoring_ctrl_c(log: Optional[str] = None):
@@ -177,7 +186,8 @@ def _workers_ignoring_ctrl_c(log: Optional[str] = None):
 
     redirect = f" 2>>{shlex.quote(log)}" if log else ""
     return SubprocessSDKEnvironment.from_command_string(
-        f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main{redirect}")
+        f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main{redirect}"
+    )
 
 
 @contextlib.contextmanager

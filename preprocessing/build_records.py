@@ -7,6 +7,7 @@ Usage:
 
 Flags this job does not define (preprocessing.config.Config) are handed to Beam's PipelineOptions.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

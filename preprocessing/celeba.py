@@ -4,6 +4,7 @@
 partition, 40 attributes as -1/1) and `ImageSource` reads an image's bytes by file name, from a folder or from
 inside img_align_celeba.zip without unpacking it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,20 +63,21 @@ def find_layout(celeba_dir: str) -> Layout:
     part_txt = _first_existing([j("list_eval_partition.txt"), j("Eval", "list_eval_partition.txt")])
     if attr_txt and part_txt:
         image_dir = _first_existing([j("img_align_celeba"), j("Img", "img_align_celeba")], fileio.isdir)
-        image_zip = None if image_dir else _first_existing(
-            [j("img_align_celeba.zip"), j("Img", "img_align_celeba.zip")])
+        image_zip = (
+            None if image_dir else _first_existing([j("img_align_celeba.zip"), j("Img", "img_align_celeba.zip")])
+        )
         if image_dir or image_zip:
             return Layout("txt", attr_txt, part_txt, image_dir, image_zip)
     attr_csv, part_csv = j("list_attr_celeba.csv"), j("list_eval_partition.csv")
     if fileio.exists(attr_csv) and fileio.exists(part_csv):
-        image_dir = _first_existing([j("img_align_celeba", "img_align_celeba"), j("img_align_celeba")],
-                                    fileio.isdir)
+        image_dir = _first_existing([j("img_align_celeba", "img_align_celeba"), j("img_align_celeba")], fileio.isdir)
         if image_dir:
             return Layout("kaggle", attr_csv, part_csv, image_dir)
     raise UserError(
         f"no CelebA download found in {celeba_dir}: looked for list_attr_celeba.txt + list_eval_partition.txt + "
         f"img_align_celeba/ (or img_align_celeba.zip), and for Kaggle's list_attr_celeba.csv + "
-        f"list_eval_partition.csv + img_align_celeba/img_align_celeba/; {DOWNLOAD_HELP}")
+        f"list_eval_partition.csv + img_align_celeba/img_align_celeba/; {DOWNLOAD_HELP}"
+    )
 
 
 def _lines(path: str) -> List[str]:
@@ -164,14 +166,17 @@ def read_rows(layout: Layout) -> List[Row]:
     and not the other is an error (CelebA's own files agree; a mismatch means a damaged or mixed download)."""
     attributes = read_attributes(layout.attr_path)
     partitions = read_partitions(layout.partition_path)
-    for names, has, lacks in ((partitions, layout.partition_path, layout.attr_path),
-                              (attributes, layout.attr_path, layout.partition_path)):
+    for names, has, lacks in (
+        (partitions, layout.partition_path, layout.attr_path),
+        (attributes, layout.attr_path, layout.partition_path),
+    ):
         other = attributes if names is partitions else partitions
         missing = sorted(n for n in names if n not in other)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise UserError(f"{lacks} has no row for {missing[0]}{more} listed in {has}; both list files must name "
-                            f"the same images")
+            raise UserError(
+                f"{lacks} has no row for {missing[0]}{more} listed in {has}; both list files must name the same images"
+            )
     return [Row(name, partitions[name], attributes[name]) for name in sorted(partitions)]
 
 
@@ -234,8 +239,10 @@ class ImageSource:
         except KeyError:
             raise FileNotFoundError(f"{self.image_zip}:{self._prefix}{name}") from None
         if entry.file_size > fileio.MAX_IMAGE_BYTES:  # what the entry unpacks to (a zip bomb), before unpacking
-            raise ImageError(f"{entry.file_size / 2**20:.0f} MB unpacked, over the limit of "
-                             f"{fileio.MAX_IMAGE_BYTES / 2**20:.0f} MB per image")
+            raise ImageError(
+                f"{entry.file_size / 2**20:.0f} MB unpacked, over the limit of "
+                f"{fileio.MAX_IMAGE_BYTES / 2**20:.0f} MB per image"
+            )
         try:
             return archive.read(entry)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # one damaged entry: a dead letter

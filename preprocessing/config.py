@@ -1,4 +1,5 @@
 """The records job's settings, declared once: each field is also a flag of preprocessing.build_records."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,19 +18,27 @@ SOURCES = ("folder", "tfds")
 @dataclasses.dataclass
 class Config:
     """Everything the job needs besides Beam's own options."""
+
     celeba_dir: str = option(
         help="CelebA download (txt, zip or Kaggle layout); default $CELEBA_DIR or data/celeba.",
-        flag_default=os.environ.get("CELEBA_DIR", os.path.join("data", "celeba")))
+        flag_default=os.environ.get("CELEBA_DIR", os.path.join("data", "celeba")),
+    )
     output_dir: str = option(help="Where the dataset goes (local or gs://).", flag_default=DEFAULT_OUTPUT_DIR)
     split_sizes: str = option(DEFAULT_SPLIT_SIZES, "TRAIN,VAL,TEST image counts, or 'all'.")
     seed: int = option(20150401, "Seed of the ranking that picks the images.")
     balance: bool = option(False, "Equal numbers of male and female images per split.")
-    image_size: int = option(Transform.image_size, "Side of the square output images.", lower_bound=IMAGE_SIZES[0],
-                             upper_bound=IMAGE_SIZES[1])
-    resize_mode: str = option(Transform.resize_mode, "crop: central square; pad: letterbox; stretch.",
-                              choices=RESIZE_MODES)
-    jpeg_quality: int = option(Transform.jpeg_quality, "JPEG quality of the stored images.", lower_bound=1,
-                               upper_bound=100)
+    image_size: int = option(
+        Transform.image_size,
+        "Side of the square output images.",
+        lower_bound=IMAGE_SIZES[0],
+        upper_bound=IMAGE_SIZES[1],
+    )
+    resize_mode: str = option(
+        Transform.resize_mode, "crop: central square; pad: letterbox; stretch.", choices=RESIZE_MODES
+    )
+    jpeg_quality: int = option(
+        Transform.jpeg_quality, "JPEG quality of the stored images.", lower_bound=1, upper_bound=100
+    )
     num_shards: int = option(0, "Shards per split; 0 picks ~100-200 MB shards.", lower_bound=0)
     name: str = option("celeba", "Dataset name, the prefix of shard files.")
     overwrite: bool = option(False, "Replace an existing output folder completely.")

@@ -10,6 +10,7 @@ dataset size; shard contents depend only on the ranks, so shards are byte-identi
 driver (preprocessing/pipeline.py) checks the options, writes the candidates, runs the graph, writes its results
 and publishes the dataset. tests/test_graph.py tests the transforms on beam.Create input.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,6 +49,7 @@ def default_num_shards(total_bytes: int) -> int:
 
 class Located(NamedTuple):
     """Where one transformed image's serialized Example sits in the chunk files, and what the planner needs."""
+
     group: int  # index of its splits.Group
     position: int  # rank within the group (0 = best)
     chunk_id: int
@@ -59,6 +61,7 @@ class Located(NamedTuple):
 
 class DeadLetter(NamedTuple):
     """An image left out, and why (errors.jsonl)."""
+
     name: str
     stage: str  # read | decode
     reason: str
@@ -66,6 +69,7 @@ class DeadLetter(NamedTuple):
 
 class ShardPlan(NamedTuple):
     """One output shard: its split, index, count, and the records to copy into it in order."""
+
     split: str
     shard: int
     num_shards: int
@@ -136,7 +140,7 @@ class TransformChunk(beam.DoFn):
                 if attempt + 1 == READ_ATTEMPTS:
                     raise
                 LOG.warning("reading %s failed (%s: %s); retrying", name, type(e).__name__, e)
-                time.sleep(min(READ_RETRY_SECONDS * 2 ** attempt, 8.0))
+                time.sleep(min(READ_RETRY_SECONDS * 2**attempt, 8.0))
         raise AssertionError("unreachable")
 
     def _dead_letter(self, name: str, stage: str, reason: str) -> DeadLetter:
@@ -144,8 +148,7 @@ class TransformChunk(beam.DoFn):
         return DeadLetter(name, stage, reason)
 
 
-def plan_shards(located: List[Located], groups: List[dict], seed: int,
-                num_shards: int) -> Tuple[dict, List[ShardPlan]]:
+def plan_shards(located: List[Located], groups: List[dict], seed: int, num_shards: int) -> Tuple[dict, List[ShardPlan]]:
     """Keeps the first `target` readable images of each group by rank and cuts each split into shards.
 
     Returns the selection (per split the names and labels kept, and any shortfalls) and one plan per shard, none
@@ -160,8 +163,15 @@ def plan_shards(located: List[Located], groups: List[dict], seed: int,
         found = sorted(by_group.get(index, []), key=lambda item: item.position)
         target = group["target"]
         if target is not None and len(found) < target:
-            shortfalls.append({"split": group["split"], "label": group["label"], "wanted": target,
-                               "readable": len(found), "candidates": group["num_candidates"]})
+            shortfalls.append(
+                {
+                    "split": group["split"],
+                    "label": group["label"],
+                    "wanted": target,
+                    "readable": len(found),
+                    "candidates": group["num_candidates"],
+                }
+            )
         kept = found if target is None else found[:target]
         per_split.setdefault(group["split"], []).extend(kept)
     selection = {"shortfalls": shortfalls, "splits": {}}
@@ -171,8 +181,7 @@ def plan_shards(located: List[Located], groups: List[dict], seed: int,
         total = sum(item.length for item in items)
         n = num_shards or default_num_shards(total)
         n = max(1, min(n, len(items)))
-        selection["splits"][split] = {"names": [item.name for item in items],
-                                      "labels": [item.label for item in items]}
+        selection["splits"][split] = {"names": [item.name for item in items], "labels": [item.label for item in items]}
         for shard in range(n):
             lo, hi = shard * len(items) // n, (shard + 1) * len(items) // n
             plans.append(ShardPlan(split, shard, n, items[lo:hi]))
@@ -193,7 +202,8 @@ class WriteShard(beam.DoFn):
             for record in plan.records:
                 if record.chunk_id not in handles:
                     handles[record.chunk_id] = fileio.open_read(
-                        fileio.join(self.chunk_dir, f"chunk-{record.chunk_id:06d}"))
+                        fileio.join(self.chunk_dir, f"chunk-{record.chunk_id:06d}")
+                    )
                 source = handles[record.chunk_id]
                 source.seek(record.offset)
                 tfrecord.write_record(hashing, source.read(record.length))
@@ -202,9 +212,15 @@ class WriteShard(beam.DoFn):
             hashing.close()
             for handle in handles.values():
                 handle.close()
-        stats = {"split": plan.split, "index": plan.shard, "file": file_name,
-                 "num_records": len(plan.records), "bytes": hashing.bytes, "sha256": digest.hexdigest(),
-                 "labels": {"0": labels[0], "1": labels[1]}}
+        stats = {
+            "split": plan.split,
+            "index": plan.shard,
+            "file": file_name,
+            "num_records": len(plan.records),
+            "bytes": hashing.bytes,
+            "sha256": digest.hexdigest(),
+            "labels": {"0": labels[0], "1": labels[1]},
+        }
         yield stats
 
 
@@ -223,9 +239,12 @@ class _HashingWriter:
 
 def chunk_candidates(groups: Sequence[splits.Group]) -> List[list]:
     """Candidates in chunks of CHUNK_SIZE: [group, position, name, attributes as a '0110...' string]."""
-    items = [(g, position, row.name, "".join("1" if a == 1 else "0" for a in row.attributes))
-             for g, group in enumerate(groups) for position, row in enumerate(group.candidates)]
-    return [items[i:i + CHUNK_SIZE] for i in range(0, len(items), CHUNK_SIZE)]
+    items = [
+        (g, position, row.name, "".join("1" if a == 1 else "0" for a in row.attributes))
+        for g, group in enumerate(groups)
+        for position, row in enumerate(group.candidates)
+    ]
+    return [items[i : i + CHUNK_SIZE] for i in range(0, len(items), CHUNK_SIZE)]
 
 
 def _is_instance(item, kind) -> bool:
@@ -244,24 +263,46 @@ class BuildRecords(beam.PTransform):
     chunk_dir); the driver writes the three results at labelled sinks (pipeline.build_pipeline).
     """
 
-    def __init__(self, source, candidates_path: str, chunk_dir: str, output_dir: str, transform: Transform,
-                 groups: List[dict], seed: int, num_shards: int, name: str):
+    def __init__(
+        self,
+        source,
+        candidates_path: str,
+        chunk_dir: str,
+        output_dir: str,
+        transform: Transform,
+        groups: List[dict],
+        seed: int,
+        num_shards: int,
+        name: str,
+    ):
         super().__init__()
-        self.source, self.candidates_path, self.chunk_dir, self.output_dir = \
-            source, candidates_path, chunk_dir, output_dir
+        self.source, self.candidates_path, self.chunk_dir, self.output_dir = (
+            source,
+            candidates_path,
+            chunk_dir,
+            output_dir,
+        )
         self.transform, self.groups, self.seed, self.num_shards, self.name = transform, groups, seed, num_shards, name
 
     def expand(self, chunk_ids) -> Dict[str, beam.PCollection]:
         transformed = chunk_ids | "TransformChunks" >> beam.ParDo(
-            TransformChunk(self.source, self.candidates_path, self.chunk_dir, self.transform))
+            TransformChunk(self.source, self.candidates_path, self.chunk_dir, self.transform)
+        )
         dead_letters = transformed | "DeadLetters" >> beam.Filter(_is_instance, DeadLetter)
-        planned = (transformed
-                   | "Readable" >> beam.Filter(_is_instance, Located)
-                   | "CollectLocations" >> beam.combiners.ToList()
-                   | "PlanShards" >> beam.Map(plan_shards, self.groups, self.seed, self.num_shards))
-        shards = (planned
-                  | "ShardPlans" >> beam.FlatMap(operator.itemgetter(1))
-                  | "SpreadShards" >> beam.Reshuffle()
-                  | "WriteShards" >> beam.ParDo(WriteShard(self.output_dir, self.chunk_dir, self.name)))
-        return {"dead_letters": dead_letters, "selection": planned | "Selection" >> beam.Map(operator.itemgetter(0)),
-                "shards": shards}
+        planned = (
+            transformed
+            | "Readable" >> beam.Filter(_is_instance, Located)
+            | "CollectLocations" >> beam.combiners.ToList()
+            | "PlanShards" >> beam.Map(plan_shards, self.groups, self.seed, self.num_shards)
+        )
+        shards = (
+            planned
+            | "ShardPlans" >> beam.FlatMap(operator.itemgetter(1))
+            | "SpreadShards" >> beam.Reshuffle()
+            | "WriteShards" >> beam.ParDo(WriteShard(self.output_dir, self.chunk_dir, self.name))
+        )
+        return {
+            "dead_letters": dead_letters,
+            "selection": planned | "Selection" >> beam.Map(operator.itemgetter(0)),
+            "shards": shards,
+        }

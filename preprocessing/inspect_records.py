@@ -5,6 +5,7 @@ Usage:
 
 Exits non-zero, naming each bad shard, when a shard's record count, size or sha256 differs from the manifest.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,11 @@ def decode_record(record: bytes) -> Tuple[bytes, int, str]:
     import tensorflow as tf
 
     parsed = schema.parse_example(tf.constant(record))
-    return (parsed[schema.IMAGE_KEY].numpy(), int(parsed[schema.LABEL_KEY].numpy()),
-            parsed[schema.FILENAME_KEY].numpy().decode())
+    return (
+        parsed[schema.IMAGE_KEY].numpy(),
+        int(parsed[schema.LABEL_KEY].numpy()),
+        parsed[schema.FILENAME_KEY].numpy().decode(),
+    )
 
 
 def contact_sheet(samples: Sequence[Tuple[bytes, int, str]], path: str, title: str, columns: int = 8) -> None:
@@ -82,9 +86,11 @@ def main(argv: Sequence[str]) -> int:
         import_tensorflow_quietly()  # decode_record decodes as the trainer does
         sheet = config.sheet or fileio.join(data_dir, "contact_sheet.png")
         transform = manifest_lib.transform_of(manifest)
-        title = (f"{data_dir}: {config.split} split, the first {len(records)} of {info['num_examples']} images "
-                 f"({transform.image_size}x{transform.image_size}, {transform.resize_mode}); label and file name "
-                 f"under each")
+        title = (
+            f"{data_dir}: {config.split} split, the first {len(records)} of {info['num_examples']} images "
+            f"({transform.image_size}x{transform.image_size}, {transform.resize_mode}); label and file name "
+            f"under each"
+        )
         contact_sheet([decode_record(r) for r in records], sheet, title)
         print(f"contact sheet of {len(records)} {config.split} images: {sheet}")
     print(f"all {sum(len(i['shards']) for i in manifest['splits'].values())} shards match the manifest")

@@ -4,6 +4,7 @@ It checks the options, the output folder and the download; ranks the candidates 
 (graph.BuildRecords) with its results written at labelled sinks (build_pipeline); then writes manifest.json,
 splits/*.txt, errors.jsonl and the TFDS metadata, and publishes the work folder as the dataset with _SUCCESS.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,40 +45,61 @@ def code_version() -> str:
         except metadata.PackageNotFoundError:
             pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version}+{commit}" if commit else version
 
 
-def build_pipeline(p: beam.Pipeline, groups: Sequence[splits.Group], source: celeba.ImageSource,
-                   config: Config, work_dir: str) -> None:
+def build_pipeline(
+    p: beam.Pipeline, groups: Sequence[splits.Group], source: celeba.ImageSource, config: Config, work_dir: str
+) -> None:
     """Adds the job's graph to `p` (graph.BuildRecords) and its three results' sinks; every output goes under
     work_dir. The candidates go in through a file (read once per worker), so the graph stays small."""
     chunk_dir, meta_dir = fileio.join(work_dir, _CHUNKS), fileio.join(work_dir, _META)
-    group_info = [{"split": g.split, "label": g.label, "target": g.target, "num_candidates": len(g.candidates)}
-                  for g in groups]
+    group_info = [
+        {"split": g.split, "label": g.label, "target": g.target, "num_candidates": len(g.candidates)} for g in groups
+    ]
     chunks = graph.chunk_candidates(groups)
     candidates_path = fileio.join(meta_dir, "candidates.json")
     fileio.write_bytes(candidates_path, json.dumps(chunks, separators=(",", ":")).encode())
-    results = (p
-               | "CreateChunks" >> beam.Create(list(range(len(chunks))), reshuffle=True)
-               | "BuildRecords" >> graph.BuildRecords(source, candidates_path, chunk_dir, work_dir, config.transform,
-                                                      group_info, config.seed, config.num_shards, config.name))
-    errors = (results["dead_letters"]
-              | "CollectErrors" >> beam.combiners.ToList()
-              | "SortErrors" >> beam.Map(_error_rows)
-              | "NameErrors" >> beam.Map(_named, ERRORS))
+    results = (
+        p
+        | "CreateChunks" >> beam.Create(list(range(len(chunks))), reshuffle=True)
+        | "BuildRecords"
+        >> graph.BuildRecords(
+            source,
+            candidates_path,
+            chunk_dir,
+            work_dir,
+            config.transform,
+            group_info,
+            config.seed,
+            config.num_shards,
+            config.name,
+        )
+    )
+    errors = (
+        results["dead_letters"]
+        | "CollectErrors" >> beam.combiners.ToList()
+        | "SortErrors" >> beam.Map(_error_rows)
+        | "NameErrors" >> beam.Map(_named, ERRORS)
+    )
     selection = results["selection"] | "NameSelection" >> beam.Map(_named, SELECTION)
-    shards = (results["shards"]
-              | "CollectShardStats" >> beam.combiners.ToList()
-              | "NameShardStats" >> beam.Map(_named, SHARDS))
+    shards = (
+        results["shards"]
+        | "CollectShardStats" >> beam.combiners.ToList()
+        | "NameShardStats" >> beam.Map(_named, SHARDS)
+    )
     # One sink for all three: the pipeline then ends in a single leaf that depends on every branch. Beam's Dask
     # runner computes only the last leaf of a graph, so separate sinks lost all but one there (the dead letters).
-    _ = ((errors, selection, shards)
-         | "Results" >> beam.Flatten()
-         | "WriteResults" >> beam.Map(_write_result, meta_dir))
+    _ = (errors, selection, shards) | "Results" >> beam.Flatten() | "WriteResults" >> beam.Map(_write_result, meta_dir)
 
 
 ERRORS, SELECTION, SHARDS = "errors.json", "selection.json", "shards.json"  # the graph's results, as the driver reads
@@ -94,7 +116,9 @@ def _named(value, name: str) -> tuple:
 def _write_result(named: tuple, meta_dir: str) -> None:
     write_json(fileio.join(meta_dir, named[0]), named[1])
 
+
 # --- the driver --------------------------------------------------------------------------------------------------
+
 
 def check_beam_args(args: Sequence[str]) -> None:
     """Unknown flags go to Beam; ones Beam does not know either are typos, reported here (Beam would drop them)."""
@@ -106,8 +130,9 @@ def check_beam_args(args: Sequence[str]) -> None:
         if name == "--direct_num_workers":
             value = value or (args[i + 1] if i + 1 < len(args) else "")
             if not (value.isascii() and value.isdigit()):
-                raise UserError(f"--direct_num_workers={value}: expected a number of worker processes >= 1 (0: one "
-                                f"per core)")
+                raise UserError(
+                    f"--direct_num_workers={value}: expected a number of worker processes >= 1 (0: one per core)"
+                )
 
 
 def _nested(a: str, b: str) -> bool:
@@ -120,17 +145,19 @@ def _nested(a: str, b: str) -> bool:
 
 def _check_output_dir(output_dir: str, overwrite: bool, source_dir: Optional[str] = None) -> None:
     if source_dir and (_nested(output_dir, source_dir) or _nested(source_dir, output_dir)):
-        raise UserError(f"output folder {output_dir} and the CelebA folder {source_dir} overlap (one holds the "
-                        f"other); --overwrite would delete the download: choose an output folder outside it")
+        raise UserError(
+            f"output folder {output_dir} and the CelebA folder {source_dir} overlap (one holds the "
+            f"other); --overwrite would delete the download: choose an output folder outside it"
+        )
     if fileio.exists(output_dir) and not fileio.isdir(output_dir):
         raise UserError(f"output folder {output_dir} is a file")
     if fileio.exists(output_dir) and fileio.listdir(output_dir):
         if not overwrite:
             raise UserError(f"output folder {output_dir} exists and is not empty; pass --overwrite to replace it")
-        if not fileio.exists(fileio.join(output_dir, MANIFEST)) and not fileio.exists(
-                fileio.join(output_dir, SUCCESS)):
-            raise UserError(f"output folder {output_dir} is not a dataset of this job (no {MANIFEST}); "
-                            f"refusing to --overwrite it")
+        if not fileio.exists(fileio.join(output_dir, MANIFEST)) and not fileio.exists(fileio.join(output_dir, SUCCESS)):
+            raise UserError(
+                f"output folder {output_dir} is not a dataset of this job (no {MANIFEST}); refusing to --overwrite it"
+            )
 
 
 def _check_download_outside(layout, output_dir: str) -> None:
@@ -138,8 +165,10 @@ def _check_download_outside(layout, output_dir: str) -> None:
     symlinks resolved: --overwrite or a failed run would delete it with the output."""
     for part in (layout.image_dir, layout.image_zip, layout.attr_path, layout.partition_path):
         if part and _nested(part, output_dir):
-            raise UserError(f"{part} (part of the CelebA download) lies inside the output folder {output_dir}; "
-                            f"--overwrite would delete it: choose an output folder outside the download")
+            raise UserError(
+                f"{part} (part of the CelebA download) lies inside the output folder {output_dir}; "
+                f"--overwrite would delete it: choose an output folder outside the download"
+            )
 
 
 def _environment_error(error: Exception) -> Optional[str]:
@@ -154,12 +183,16 @@ def _check_runner(config: Config, beam_args: Sequence[str]) -> None:
     problem = beam_compat.check_runner(beam_args)
     if problem:
         raise UserError(problem)
-    local = beam_compat.local_paths_for_remote_runner(beam_args, {
-        "celeba_dir": config.celeba_dir if config.source == "folder" else None, "output_dir": config.output_dir})
+    local = beam_compat.local_paths_for_remote_runner(
+        beam_args,
+        {"celeba_dir": config.celeba_dir if config.source == "folder" else None, "output_dir": config.output_dir},
+    )
     if local:
         runner = beam_compat.runner_name(beam_args)
-        raise UserError(f"--{local[0]} is a local path, but {runner} workers run on other machines and cannot see "
-                        f"it; use a gs:// path (or another shared filesystem URL)")
+        raise UserError(
+            f"--{local[0]} is a local path, but {runner} workers run on other machines and cannot see "
+            f"it; use a gs:// path (or another shared filesystem URL)"
+        )
     beam_compat.anonymous_gcs_for_emulator()
 
 
@@ -169,7 +202,7 @@ def _remove_abandoned_work_dirs(output_dir: str) -> None:
     base = output_dir.rstrip("/")
     pattern = (base if fileio.is_remote(base) else glob.escape(base)) + f".partial-*/{_META}/started"
     for marker in fileio.glob(pattern):
-        path = marker[:-len(f"/{_META}/started")]
+        path = marker[: -len(f"/{_META}/started")]
         try:
             owner = json.loads(fileio.read_bytes(marker))
         except (OSError, ValueError):
@@ -198,8 +231,10 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
     work_dir = f"{config.output_dir.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
     _remove_abandoned_work_dirs(config.output_dir)
     try:  # the marker says who works here (for _remove_abandoned_work_dirs); writing it fails early if we cannot
-        fileio.write_bytes(fileio.join(work_dir, _META, "started"),
-                           json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+        fileio.write_bytes(
+            fileio.join(work_dir, _META, "started"),
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode(),
+        )
     except OSError as e:
         raise UserError(f"cannot write next to output folder {config.output_dir}: {e.strerror or e}") from None
     try:
@@ -213,15 +248,25 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> dict:
             rows = celeba.read_rows(layout)
             source = celeba.ImageSource.for_layout(layout)
             source.check()
-            source_info = {"kind": layout.kind, "celeba_dir": config.celeba_dir,
-                           "attributes_sha256": celeba.fingerprint(layout.attr_path),
-                           "partitions_sha256": celeba.fingerprint(layout.partition_path),
-                           "images": layout.image_dir or layout.image_zip}
+            source_info = {
+                "kind": layout.kind,
+                "celeba_dir": config.celeba_dir,
+                "attributes_sha256": celeba.fingerprint(layout.attr_path),
+                "partitions_sha256": celeba.fingerprint(layout.partition_path),
+                "images": layout.image_dir or layout.image_zip,
+            }
             groups = splits.select_candidates(rows, sizes, config.seed, config.balance)
         num_candidates = sum(len(g.candidates) for g in groups)
-        LOG.info("%d images listed; %d candidates for %s", len(rows), num_candidates,
-                 ", ".join(f"{g.split}{'' if g.label is None else '/' + schema.CLASS_NAMES[g.label]}="
-                           f"{g.target if g.target is not None else 'all'}" for g in groups))
+        LOG.info(
+            "%d images listed; %d candidates for %s",
+            len(rows),
+            num_candidates,
+            ", ".join(
+                f"{g.split}{'' if g.label is None else '/' + schema.CLASS_NAMES[g.label]}="
+                f"{g.target if g.target is not None else 'all'}"
+                for g in groups
+            ),
+        )
         _run_beam(groups, source, config, work_dir, beam_args, big=num_candidates >= 4 * graph.CHUNK_SIZE)
         manifest = _finish(config, work_dir, source_info, start)
     finally:
@@ -263,17 +308,21 @@ def _refuse_shortfall(selection: dict, errors: List[dict]) -> None:
         LOG.warning("left out %s (%s): %s", error["name"], error["stage"], error["reason"])
     s = selection["shortfalls"][0]
     what = s["split"] if s["label"] is None else f"{s['split']} ({schema.CLASS_NAMES[s['label']]})"
-    raise UserError(f"split {what} is {s['wanted'] - s['readable']} images short: {s['wanted']} wanted, "
-                    f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} images left out, "
-                    f"listed above); no dataset written")
+    raise UserError(
+        f"split {what} is {s['wanted'] - s['readable']} images short: {s['wanted']} wanted, "
+        f"{s['readable']} readable among {s['candidates']} candidates ({len(errors)} images left out, "
+        f"listed above); no dataset written"
+    )
 
 
 def _publish(work_dir: str, output_dir: str, overwrite: bool) -> None:
     """Moves the finished work folder to output_dir. Without --overwrite, an output folder that appeared while the
     job ran (another run published there) is left as it is and this run fails; locally the move itself refuses a
     non-empty target, so two runs racing to publish cannot both win."""
-    raced = UserError(f"output folder {output_dir} appeared while this job ran (another run published a dataset "
-                      f"there); left it as it is; pass --overwrite to replace it")
+    raced = UserError(
+        f"output folder {output_dir} appeared while this job ran (another run published a dataset "
+        f"there); left it as it is; pass --overwrite to replace it"
+    )
     aside = None
     if fileio.exists(output_dir) and fileio.listdir(output_dir):
         if not overwrite:
@@ -303,7 +352,7 @@ def _recover_interrupted_publish(output_dir: str) -> None:
     base = output_dir.rstrip("/")
     pattern = (base if fileio.is_remote(base) else glob.escape(base)) + f"{_REPLACED}*/{SUCCESS}"
     for marker in fileio.glob(pattern):
-        aside = marker[:-len(f"/{SUCCESS}")]
+        aside = marker[: -len(f"/{SUCCESS}")]
         if fileio.exists(fileio.join(output_dir, SUCCESS)):
             LOG.info("removing %s: the dataset that replaced it is in %s", aside, output_dir)
             fileio.delete_tree(aside)
@@ -313,8 +362,10 @@ def _recover_interrupted_publish(output_dir: str) -> None:
                 fileio.delete_tree(output_dir)
             fileio.move_tree(aside, output_dir)
         else:
-            raise UserError(f"{aside} holds the dataset that an interrupted --overwrite was replacing, and "
-                            f"{output_dir} holds an incomplete one; keep the one you want and delete the other")
+            raise UserError(
+                f"{aside} holds the dataset that an interrupted --overwrite was replacing, and "
+                f"{output_dir} holds an incomplete one; keep the one you want and delete the other"
+            )
 
 
 def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> dict:
@@ -336,29 +387,18 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
         count = len(chosen["names"])
         males = sum(chosen["labels"])
         split_info[split] = {
-            "num_examples": count, "labels": {"0": count - males, "1": males},
+            "num_examples": count,
+            "labels": {"0": count - males, "1": males},
             "male_share": round(males / count, 4) if count else 0.0,
             "shards": [{k: s[k] for k in ("file", "num_records", "bytes", "sha256")} for s in shards],
         }
-        fileio.write_bytes(fileio.join(work_dir, "splits", f"{split}.txt"),
-                           "".join(n + "\n" for n in sorted(chosen["names"])).encode())
-    fileio.write_bytes(fileio.join(work_dir, "errors.jsonl"),
-                       "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
-    seconds = time.time() - start
-    total = sum(s["num_examples"] for s in split_info.values())
-    manifest = {
-        "schema_version": schema.SCHEMA_VERSION, "name": config.name, **config.transform.as_dict(),
-        "image_format": "jpeg", "label": schema.LABEL_ATTRIBUTE, "class_names": list(schema.CLASS_NAMES),
-        "attribute_names": list(schema.ATTRIBUTE_NAMES), "feature_keys": {
-            "image": schema.IMAGE_KEY, "label": schema.LABEL_KEY, "filename": schema.FILENAME_KEY,
-            "attributes": schema.ATTRIBUTES_KEY},
-        "splits": split_info, "num_left_out": len(errors), "source": source_info,
-        "flags": {k: v for k, v in dataclasses.asdict(config).items()},
-        "code_version": code_version(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "build_seconds": round(seconds, 2),
-        "images_per_sec": round(total / seconds, 1) if seconds else 0.0,
-    }
+        fileio.write_bytes(
+            fileio.join(work_dir, "splits", f"{split}.txt"), "".join(n + "\n" for n in sorted(chosen["names"])).encode()
+        )
+    fileio.write_bytes(
+        fileio.join(work_dir, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode()
+    )
+    manifest = _manifest(config, split_info, len(errors), source_info, time.time() - start)
     write_json(fileio.join(work_dir, MANIFEST), manifest)
     tfds_metadata.write(work_dir, manifest)  # dataset_info.json + features.json: TFDS opens the folder
     for sub in (_META, _CHUNKS, ".source"):
@@ -366,3 +406,31 @@ def _finish(config: Config, work_dir: str, source_info: dict, start: float) -> d
     _publish(work_dir, config.output_dir, config.overwrite)
     fileio.write_bytes(fileio.join(config.output_dir, SUCCESS), b"")  # last: marks the dataset complete
     return manifest
+
+
+def _manifest(config: Config, split_info: dict, num_left_out: int, source_info: dict, seconds: float) -> dict:
+    """manifest.json: the record format, the transform, the splits and their shards, and how the job ran."""
+    total = sum(s["num_examples"] for s in split_info.values())
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "name": config.name,
+        **config.transform.as_dict(),
+        "image_format": "jpeg",
+        "label": schema.LABEL_ATTRIBUTE,
+        "class_names": list(schema.CLASS_NAMES),
+        "attribute_names": list(schema.ATTRIBUTE_NAMES),
+        "feature_keys": {
+            "image": schema.IMAGE_KEY,
+            "label": schema.LABEL_KEY,
+            "filename": schema.FILENAME_KEY,
+            "attributes": schema.ATTRIBUTES_KEY,
+        },
+        "splits": split_info,
+        "num_left_out": num_left_out,
+        "source": source_info,
+        "flags": {k: v for k, v in dataclasses.asdict(config).items()},
+        "code_version": code_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 2),
+        "images_per_sec": round(total / seconds, 1) if seconds else 0.0,
+    }

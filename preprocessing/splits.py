@@ -5,6 +5,7 @@ is in two splits). Within a partition, images are ordered by a seeded sha256 ran
 Python's hash()), so the same inputs give the same subset on every machine and runner. A few spare candidates
 follow the wanted ones in that order, to replace unreadable images.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ DEFAULT_SPLIT_SIZES = "24000,3000,3000"
 @dataclasses.dataclass
 class Group:
     """Candidates for one split (or one label of a split with --balance), best rank first."""
+
     split: str
     label: Optional[int]  # None unless balanced
     target: Optional[int]  # None: keep every readable candidate
@@ -49,8 +51,9 @@ def spare_count(target: int) -> int:
     return max(32, math.ceil(target * 0.02))
 
 
-def select_candidates(rows: Sequence[Row], sizes: Optional[Dict[str, int]], seed: int,
-                      balance: bool = False) -> List[Group]:
+def select_candidates(
+    rows: Sequence[Row], sizes: Optional[Dict[str, int]], seed: int, balance: bool = False
+) -> List[Group]:
     """Ranked candidates per split (and label, with balance); raises UserError when a partition is too small."""
     by_partition: Dict[str, List[Row]] = {s: [] for s in SPLITS}
     for row in rows:
@@ -63,9 +66,10 @@ def select_candidates(rows: Sequence[Row], sizes: Optional[Dict[str, int]], seed
             continue
         if not balance:
             if wanted is not None and wanted > len(pool):
-                raise UserError(f"split {split} asks for {wanted} images but the official {split} partition "
-                                f"lists only {len(pool)}")
-            keep = pool if wanted is None else pool[:wanted + spare_count(wanted)]
+                raise UserError(
+                    f"split {split} asks for {wanted} images but the official {split} partition lists only {len(pool)}"
+                )
+            keep = pool if wanted is None else pool[: wanted + spare_count(wanted)]
             groups.append(Group(split, None, wanted, keep))
             continue
         by_label = {label: [r for r in pool if r.label == label] for label in (0, 1)}
@@ -75,7 +79,9 @@ def select_candidates(rows: Sequence[Row], sizes: Optional[Dict[str, int]], seed
             target = wanted // 2 + (wanted % 2 if label == 0 else 0)
             have = by_label[label]
             if target > len(have):
-                raise UserError(f"split {split} asks for {target} {CLASS_NAMES[label]} images (--balance) but "
-                                f"the official {split} partition lists only {len(have)}")
-            groups.append(Group(split, label, target, have[:target + spare_count(target)]))
+                raise UserError(
+                    f"split {split} asks for {target} {CLASS_NAMES[label]} images (--balance) but "
+                    f"the official {split} partition lists only {len(have)}"
+                )
+            groups.append(Group(split, label, target, have[: target + spare_count(target)]))
     return groups

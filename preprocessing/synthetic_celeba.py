@@ -7,6 +7,7 @@ The Male label is learnable but not trivial: it shows only through cues that eac
 (long hair, beard, lipstick, face width), with a few percent of faces carrying the other sex's cues. Tests, the
 demo and the benchmarks use it in place of the real download, which cannot be fetched here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,19 +31,27 @@ PARTITION_SHARES = (0.814, 0.099)  # CelebA's train / validation shares; the res
 LAYOUTS = ("txt", "kaggle", "zip")
 
 
-
 @dataclasses.dataclass
 class SyntheticConfig:
     """The command line's settings (flags defined in cli() only, so tests and other modules import generate())."""
+
     output_dir: str = option(os.path.join("data", "synthetic_celeba"), "Where to write the download.")
     num_images: int = option(2000, "Number of images.", lower_bound=3)
     seed: int = option(0, "Generator seed.")
-    layout: str = option("txt", "txt: the original layout; zip: images in img_align_celeba.zip; kaggle: Kaggle's "
-                         "CSV layout.", choices=LAYOUTS)
+    layout: str = option(
+        "txt",
+        "txt: the original layout; zip: images in img_align_celeba.zip; kaggle: Kaggle's CSV layout.",
+        choices=LAYOUTS,
+    )
+
 
 _SKIN = [(255, 224, 189), (234, 192, 134), (198, 134, 66), (141, 85, 36), (241, 194, 125), (224, 172, 105)]
-_HAIR = {"Black_Hair": (30, 25, 20), "Blond_Hair": (225, 200, 120), "Brown_Hair": (110, 70, 40),
-         "Gray_Hair": (160, 160, 160)}
+_HAIR = {
+    "Black_Hair": (30, 25, 20),
+    "Blond_Hair": (225, 200, 120),
+    "Brown_Hair": (110, 70, 40),
+    "Gray_Hair": (160, 160, 160),
+}
 
 
 def _attributes(rng: np.random.Generator) -> dict:
@@ -102,8 +111,10 @@ def draw_face(rng: np.random.Generator, a: dict) -> Image.Image:
     else:
         d.line([cx - 14, mouth_y, cx + 14, mouth_y], fill=mouth_color, width=5)
     if a["Wearing_Hat"]:
-        d.rectangle([cx - half_w - 10, cy - half_h - 20, cx + half_w + 10, cy - half_h + 12],
-                    fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        d.rectangle(
+            [cx - half_w - 10, cy - half_h - 20, cx + half_w + 10, cy - half_h + 12],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
     noise = rng.integers(-12, 13, (HEIGHT, WIDTH, 3), dtype=np.int16)
     pixels = np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
@@ -125,8 +136,9 @@ def partition_of(index: int, num_images: int) -> int:
     return 0 if index < train else (1 if index < train + val else 2)
 
 
-def generate(output_dir: str, num_images: int, seed: int = 0, layout: str = "txt",
-             processes: int = 0) -> List[Tuple[str, List[int]]]:
+def generate(
+    output_dir: str, num_images: int, seed: int = 0, layout: str = "txt", processes: int = 0
+) -> List[Tuple[str, List[int]]]:
     """Writes the download; returns [(file name, 40 attributes of -1/1)]. Refuses a non-empty output_dir."""
     if layout not in LAYOUTS:
         raise UserError(f"--layout={layout}: expected one of {', '.join(LAYOUTS)}")
@@ -140,8 +152,11 @@ def generate(output_dir: str, num_images: int, seed: int = 0, layout: str = "txt
     processes = processes or min(os.cpu_count() or 1, 8)
     rows = []
     archive = zipfile.ZipFile(os.path.join(tmp, "img_align_celeba.zip"), "w") if layout == "zip" else None
-    with multiprocessing.get_context("spawn").Pool(processes) if processes > 1 and num_images > 500 else \
-            _Serial() as pool:
+    with (
+        multiprocessing.get_context("spawn").Pool(processes)
+        if processes > 1 and num_images > 500
+        else _Serial() as pool
+    ):
         for name, data, attrs in pool.imap(_make_one, jobs, chunksize=64):
             if archive:
                 archive.writestr(f"img_align_celeba/{name}", data)
@@ -163,13 +178,13 @@ def write_lists(folder: str, rows: Sequence[Tuple[str, Sequence[int]]], layout: 
     """list_attr_celeba + list_eval_partition for `rows`, in CelebA's txt format or Kaggle's CSV format."""
     n = len(rows)
     if layout == "kaggle":
-        attr = ["image_id," + ",".join(ATTRIBUTE_NAMES)] + [f"{name}," + ",".join(str(v) for v in attrs)
-                                                            for name, attrs in rows]
+        attr = ["image_id," + ",".join(ATTRIBUTE_NAMES)] + [
+            f"{name}," + ",".join(str(v) for v in attrs) for name, attrs in rows
+        ]
         part = ["image_id,partition"] + [f"{name},{partition_of(i, n)}" for i, (name, _) in enumerate(rows)]
         files = {"list_attr_celeba.csv": attr, "list_eval_partition.csv": part}
     else:  # the original's spacing: two spaces before a 1, one before a -1
-        attr = [str(n), " ".join(ATTRIBUTE_NAMES)] + [
-            name + "".join(f" {v:>2}" for v in attrs) for name, attrs in rows]
+        attr = [str(n), " ".join(ATTRIBUTE_NAMES)] + [name + "".join(f" {v:>2}" for v in attrs) for name, attrs in rows]
         part = [f"{name} {partition_of(i, n)}" for i, (name, _) in enumerate(rows)]
         files = {"list_attr_celeba.txt": attr, "list_eval_partition.txt": part}
     for file_name, lines in files.items():
@@ -195,8 +210,10 @@ def main(argv: Sequence[str]) -> int:
     config = from_flags(SyntheticConfig)
     rows = generate(config.output_dir, config.num_images, config.seed, config.layout)
     males = sum(1 for _, attrs in rows if attrs[ATTRIBUTE_NAMES.index("Male")] == 1)
-    print(f"wrote {len(rows)} synthetic CelebA images ({males / len(rows):.1%} male, {config.layout} layout) "
-          f"to {config.output_dir}")
+    print(
+        f"wrote {len(rows)} synthetic CelebA images ({males / len(rows):.1%} male, {config.layout} layout) "
+        f"to {config.output_dir}"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ TFDS's train/validation/test splits are CelebA's official partitions. Its exampl
 are named `<split>_<index>.jpg` by their position in TFDS's deterministic read order. The candidates that the
 selection picks are staged as files in the job's work folder, and the same Beam graph runs on them.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,16 +33,20 @@ def _load_builder(data_dir: Optional[str]):
     try:
         builder = tfds.builder(DATASET, data_dir=data_dir)
         if not builder.is_prepared() and not _reachable(DOWNLOAD_HOST):
-            raise UserError(f"TFDS has no prepared {DATASET} in {builder.data_dir} and cannot download it: "
-                            f"{DOWNLOAD_HOST} is unreachable (offline?); use a CelebA folder with --celeba_dir, "
-                            f"or --tfds_data_dir pointing at a prepared copy")
+            raise UserError(
+                f"TFDS has no prepared {DATASET} in {builder.data_dir} and cannot download it: "
+                f"{DOWNLOAD_HOST} is unreachable (offline?); use a CelebA folder with --celeba_dir, "
+                f"or --tfds_data_dir pointing at a prepared copy"
+            )
         builder.download_and_prepare()
     except UserError:
         raise
     except Exception as e:  # network, auth or disk failures come as many exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"TFDS could not prepare {DATASET} ({type(e).__name__}: {first[:200]}); it needs network "
-                        f"access to download CelebA, or a prepared copy in --tfds_data_dir") from None
+        raise UserError(
+            f"TFDS could not prepare {DATASET} ({type(e).__name__}: {first[:200]}); it needs network "
+            f"access to download CelebA, or a prepared copy in --tfds_data_dir"
+        ) from None
     return builder
 
 
@@ -72,6 +77,9 @@ def prepare(config, sizes: Optional[Dict[str, int]], work_dir: str):
             name = f"{split}_{index:06d}.jpg"
             if name in wanted:
                 fileio.write_bytes(fileio.join(staging, name), bytes(example["image"]))
-    info = {"kind": "tfds", "dataset": f"{DATASET}:{builder.info.version}",
-            "tfds_data_dir": config.tfds_data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")}
+    info = {
+        "kind": "tfds",
+        "dataset": f"{DATASET}:{builder.info.version}",
+        "tfds_data_dir": config.tfds_data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"),
+    }
     return rows, celeba.ImageSource(image_dir=staging), info, groups

@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic CelebA downloads in CelebA's real file formats, and built datasets."""
+
 from __future__ import annotations
 
 import atexit
@@ -45,8 +46,7 @@ def build(celeba_dir: str, output_dir: str, **overrides):
     """Runs the records job in-process with small defaults; returns the manifest."""
     from preprocessing.pipeline import Config, run
 
-    config = dict(celeba_dir=celeba_dir, output_dir=output_dir, split_sizes="120,20,20", image_size=32,
-                  num_shards=2)
+    config = dict(celeba_dir=celeba_dir, output_dir=output_dir, split_sizes="120,20,20", image_size=32, num_shards=2)
     config.update(overrides)
     beam_args = config.pop("beam_args", ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
     return run(Config(**config), beam_args)
@@ -62,8 +62,14 @@ def records_dir(celeba_txt, tmp_path_factory):
 
 def run_cli(*args, env=None, timeout=300):
     """Runs `python -m ...` like a user would; returns the CompletedProcess (text)."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
 
 
 def assert_one_line_error(proc, *needles):
@@ -100,8 +106,15 @@ def trained_run(learn_records, tmp_path_factory):
     in float32 (CPUs without bf16) as well as in mixed_bfloat16; 25 reached 0.73 in float32.
     """
     model_dir = str(tmp_path_factory.mktemp("run") / "model")
-    proc = run_cli("-m", "trainer.main", f"--data_dir={learn_records}", f"--model_dir={model_dir}", "--epochs=60",
-                   *TRAIN_ARGS, timeout=600)
+    proc = run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={learn_records}",
+        f"--model_dir={model_dir}",
+        "--epochs=60",
+        *TRAIN_ARGS,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return model_dir, proc
 

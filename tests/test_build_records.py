@@ -1,4 +1,5 @@
 """End-to-end runs of the records job on synthetic CelebA downloads."""
+
 import glob
 import importlib.metadata
 import json
@@ -42,8 +43,7 @@ def _names(data_dir, split):
 def test_outputs_and_manifest(records_dir, celeba_txt):
     manifest = manifest_lib.load_verified(records_dir)
     assert os.path.exists(os.path.join(records_dir, "_SUCCESS"))
-    assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {"train": 120, "validation": 20,
-                                                                             "test": 20}
+    assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {"train": 120, "validation": 20, "test": 20}
     for split, info in manifest["splits"].items():
         assert [s["file"] for s in info["shards"]] == [schema.shard_name("celeba", split, i, 2) for i in range(2)]
         assert sum(s["num_records"] for s in info["shards"]) == info["num_examples"]
@@ -53,10 +53,12 @@ def test_outputs_and_manifest(records_dir, celeba_txt):
         assert len(_names(records_dir, split)) == info["num_examples"]
     assert manifest["image_size"] == 32 and manifest["attribute_names"] == list(schema.ATTRIBUTE_NAMES)
     assert manifest["source"]["attributes_sha256"] == celeba.fingerprint(
-        os.path.join(celeba_txt, "list_attr_celeba.txt"))
+        os.path.join(celeba_txt, "list_attr_celeba.txt")
+    )
     assert manifest["flags"]["split_sizes"] == "120,20,20"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     version = importlib.metadata.version("celeba-tfrecords")
     assert manifest["code_version"] == (f"{version}+{commit}" if commit else version)
     assert open(os.path.join(records_dir, "errors.jsonl")).read() == ""
@@ -126,8 +128,7 @@ def test_bad_images_are_dead_lettered_and_replaced(records_dir, celeba_copy, tmp
     for name in (grey, cmyk, png):
         assert name in kept
     errors = [json.loads(line) for line in open(os.path.join(out, "errors.jsonl"))]
-    assert {(e["name"], e["stage"]) for e in errors} == {(truncated, "decode"), (garbage, "decode"),
-                                                        (missing, "read")}
+    assert {(e["name"], e["stage"]) for e in errors} == {(truncated, "decode"), (garbage, "decode"), (missing, "read")}
     assert all(e["reason"] for e in errors) and manifest["num_left_out"] == 3
     # the replacements are the next candidates in rank order: everything else chosen before is still chosen
     assert set(chosen) - set(kept) == {truncated, garbage, missing}
@@ -171,8 +172,9 @@ def test_balance(celeba_txt, tmp_path):
 
 
 def test_too_large_split_fails_before_reading_images(celeba_txt, tmp_path):
-    with pytest.raises(UserError, match="split train asks for 5000 images but the official train partition "
-                                        "lists only 244"):
+    with pytest.raises(
+        UserError, match="split train asks for 5000 images but the official train partition lists only 244"
+    ):
         build(celeba_txt, str(tmp_path / "out"), split_sizes="5000,10,10")
     assert not os.path.exists(tmp_path / "out")
 
@@ -185,8 +187,7 @@ def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds_source, "_reachable", lambda host, **kw: True)  # mock_data replaces the download
     with tfds.testing.mock_data(num_examples=40):
         manifest = build("", str(tmp_path / "out"), source="tfds", split_sizes="20,5,5", num_shards=1)
-    assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {"train": 20, "validation": 5,
-                                                                             "test": 5}
+    assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {"train": 20, "validation": 5, "test": 5}
     assert manifest["source"]["kind"] == "tfds"
     records = _records(str(tmp_path / "out"), "train")
     assert len(records) == 20 and records[0][schema.FILENAME_KEY].numpy().decode().startswith("train_")
@@ -195,8 +196,15 @@ def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
 
 def test_cli_and_inspect_records(celeba_txt, tmp_path):
     out = str(tmp_path / "cli")
-    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
-                   "--split_sizes=40,10,10", "--image_size=32", "--num_shards=2")
+    proc = run_cli(
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_txt}",
+        f"--output_dir={out}",
+        "--split_sizes=40,10,10",
+        "--image_size=32",
+        "--num_shards=2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train" in proc.stdout and "images/s" in proc.stdout
     proc = run_cli("-m", "preprocessing.inspect_records", f"--data_dir={out}", "--samples=8", "--split=validation")
@@ -212,14 +220,17 @@ def test_cli_and_inspect_records(celeba_txt, tmp_path):
     assert "truncated" in proc.stdout
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--split_sizes=1,2"], ["--split_sizes=1,2"]),
-    (["--image_size=0"], ["image_size"]),
-    (["--resize_mode=zoom"], ["resize_mode"]),
-    (["--jpeg_quality=101"], ["jpeg_quality"]),
-    (["--bogus_flag=1"], ["--bogus_flag"]),
-    (["--celeba_dir=/nonexistent/celeba"], ["/nonexistent/celeba", "CelebA"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--split_sizes=1,2"], ["--split_sizes=1,2"]),
+        (["--image_size=0"], ["image_size"]),
+        (["--resize_mode=zoom"], ["resize_mode"]),
+        (["--jpeg_quality=101"], ["jpeg_quality"]),
+        (["--bogus_flag=1"], ["--bogus_flag"]),
+        (["--celeba_dir=/nonexistent/celeba"], ["/nonexistent/celeba", "CelebA"]),
+    ],
+)
 def test_cli_bad_input_is_one_line(args, needles, tmp_path):
     proc = run_cli("-m", "preprocessing.build_records", f"--output_dir={tmp_path / 'out'}", *args)
     assert_one_line_error(proc, *needles)
@@ -243,8 +254,13 @@ def test_cli_paths_that_are_files_or_unwritable(celeba_txt, tmp_path):
     assert a_file.read_text() == "keep me"
     proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={a_file}", f"--output_dir={tmp_path / 'o'}")
     assert_one_line_error(proc, str(a_file), "not a folder")
-    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
-                   f"--output_dir={a_file}/sub/out", "--split_sizes=10,5,5")
+    proc = run_cli(
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_txt}",
+        f"--output_dir={a_file}/sub/out",
+        "--split_sizes=10,5,5",
+    )
     assert_one_line_error(proc, "cannot write", f"{a_file}/sub/out")
     proc = run_cli("-m", "trainer.main", f"--data_dir={a_file}", "--weights=none")
     assert_one_line_error(proc, str(a_file), "not a dataset folder")
@@ -259,10 +275,21 @@ def test_killed_run_leaves_no_success_and_its_leftovers_are_cleaned(celeba_txt, 
     from conftest import ROOT
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
-                             f"--output_dir={out}", "--split_sizes=200,20,20", "--image_size=32",
-                             "--direct_running_mode=in_memory"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "preprocessing.build_records",
+            f"--celeba_dir={celeba_txt}",
+            f"--output_dir={out}",
+            "--split_sizes=200,20,20",
+            "--image_size=32",
+            "--direct_running_mode=in_memory",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob("out.partial-*/.chunks")):
         time.sleep(0.02)
@@ -281,16 +308,31 @@ def test_ctrl_c_to_a_multi_process_build_is_one_line_and_stops_its_workers(celeb
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}",
-                             f"--output_dir={out}", "--split_sizes=200,20,20", "--image_size=96",
-                             "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True,  # its own process group, as a terminal gives a job
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "preprocessing.build_records",
+            f"--celeba_dir={celeba_copy}",
+            f"--output_dir={out}",
+            "--split_sizes=200,20,20",
+            "--image_size=96",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives a job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline, workers = time.time() + 120, []
     while time.time() < deadline and proc.poll() is None and len(workers) < 2:  # wait for the workers
-        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                  text=True).stdout.split()]
+        workers = [
+            int(p)
+            for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        ]
         time.sleep(0.05)
     assert workers, "the build runs no worker processes"
     os.killpg(proc.pid, signal.SIGINT)
@@ -306,6 +348,7 @@ def test_ctrl_c_to_a_multi_process_build_is_one_line_and_stops_its_workers(celeb
 class FlakyImageSource(celeba.ImageSource):
     """A test double standing in for a flaky store (GCS 503s, resets): the listed images fail to read `failures`
     times each with a transient error, then read fine."""
+
     flaky: dict = {}
 
     def read(self, name):
@@ -319,10 +362,16 @@ def test_transient_read_errors_are_retried_and_change_nothing(celeba_txt, record
     from preprocessing import graph
 
     monkeypatch.setattr(graph, "READ_RETRY_SECONDS", 0.0)
-    monkeypatch.setattr(celeba.ImageSource, "for_layout",
-                        classmethod(lambda cls, layout: FlakyImageSource(layout.image_dir, layout.image_zip)))
-    chosen = sorted(n for split in ("train", "validation", "test")
-                    for n in open(os.path.join(records_dir, "splits", f"{split}.txt")).read().split())
+    monkeypatch.setattr(
+        celeba.ImageSource,
+        "for_layout",
+        classmethod(lambda cls, layout: FlakyImageSource(layout.image_dir, layout.image_zip)),
+    )
+    chosen = sorted(
+        n
+        for split in ("train", "validation", "test")
+        for n in open(os.path.join(records_dir, "splits", f"{split}.txt")).read().split()
+    )
     FlakyImageSource.flaky = {name: 1 for name in chosen[::7]}  # each fails once, then reads fine
     manifest = build(celeba_txt, str(tmp_path / "flaky"))
     assert not any(FlakyImageSource.flaky.values())  # every flaky image was read again, not left out
@@ -339,33 +388,68 @@ def test_transient_read_errors_are_retried_and_change_nothing(celeba_txt, record
 
 def test_runner_checks_before_anything_starts(celeba_txt, tmp_path):
     out = str(tmp_path / "out")
-    assert_one_line_error(run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
-                                  f"--output_dir={out}", "--runner=NoSuchRunner"), "--runner=NoSuchRunner")
-    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", "--output_dir=gs://b/out",
-                   "--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
+    assert_one_line_error(
+        run_cli(
+            "-m",
+            "preprocessing.build_records",
+            f"--celeba_dir={celeba_txt}",
+            f"--output_dir={out}",
+            "--runner=NoSuchRunner",
+        ),
+        "--runner=NoSuchRunner",
+    )
+    proc = run_cli(
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_txt}",
+        "--output_dir=gs://b/out",
+        "--runner=DataflowRunner",
+        "--project=p",
+        "--region=r",
+        "--temp_location=gs://b/tmp",
+    )
     assert_one_line_error(proc, "--celeba_dir", "local path", "dataflowrunner")
-    proc = run_cli("-m", "preprocessing.build_records", "--celeba_dir=gs://b/celeba", f"--output_dir={out}",
-                   "--runner=FlinkRunner")
+    proc = run_cli(
+        "-m", "preprocessing.build_records", "--celeba_dir=gs://b/celeba", f"--output_dir={out}", "--runner=FlinkRunner"
+    )
     assert_one_line_error(proc, "--output_dir", "local path", "flinkrunner")
     assert not os.path.exists(out) and not glob.glob(out + ".partial-*")
 
 
 def test_output_folder_overlapping_the_download_is_refused(celeba_copy, tmp_path):
     inside = os.path.join(celeba_copy, "records")  # output inside the download
-    assert_one_line_error(run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}",
-                                  f"--output_dir={inside}", "--overwrite"), "overlap")
+    assert_one_line_error(
+        run_cli(
+            "-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}", f"--output_dir={inside}", "--overwrite"
+        ),
+        "overlap",
+    )
     parent = os.path.dirname(celeba_copy)  # the download inside the output, whatever the flags
-    assert_one_line_error(run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}",
-                                  f"--output_dir={parent}", "--overwrite"), "overlap", "--overwrite would delete")
+    assert_one_line_error(
+        run_cli(
+            "-m", "preprocessing.build_records", f"--celeba_dir={celeba_copy}", f"--output_dir={parent}", "--overwrite"
+        ),
+        "overlap",
+        "--overwrite would delete",
+    )
     assert len(os.listdir(os.path.join(celeba_copy, "img_align_celeba"))) == 300
 
 
 def test_two_runs_started_together_one_wins_and_its_dataset_stays(celeba_txt, tmp_path):
     out = str(tmp_path / "out")
-    cmd = [sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
-           "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2"]
-    runs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_txt}",
+        f"--output_dir={out}",
+        "--split_sizes=120,20,20",
+        "--image_size=32",
+        "--num_shards=2",
+    ]
+    runs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.communicate()[1]) for p in runs]
     assert sorted(code for code, _ in results) == [0, 2], results
     loser = next(err for code, err in results if code)

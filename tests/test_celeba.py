@@ -96,8 +96,11 @@ def test_a_name_listed_twice_is_an_error_naming_the_line(celeba_copy, list_file,
     # the last row becomes a second 000001.jpg (before, the later row won silently: a flipped label, or an image
     # moved to another split); the attribute file's image count on line 1 still matches
     _edit(path, lambda lines: lines[:-1] + [lines[first_row]])
-    with pytest.raises(UserError, match=rf"{list_file} line \d+: 000001.jpg is listed twice \(first on line "
-                                        rf"{first_row + 1}\)"):
+    with pytest.raises(
+        UserError,
+        match=rf"{list_file} line \d+: 000001.jpg is listed twice \(first on line "
+        rf"{first_row + 1}\)",
+    ):
         celeba.read_rows(celeba.find_layout(celeba_copy))
 
 
@@ -112,8 +115,11 @@ def test_names_must_stay_inside_the_image_folder(celeba_copy, bad):
 def test_rows_missing_from_either_list_file_are_an_error(celeba_copy, tmp_path):
     partitions = os.path.join(celeba_copy, "list_eval_partition.txt")
     _edit(partitions, lambda lines: lines[:-2])  # two attribute rows have no partition
-    with pytest.raises(UserError, match=r"list_eval_partition.txt has no row for 000299.jpg \(and 1 more\) listed "
-                                        r"in .*list_attr_celeba.txt"):
+    with pytest.raises(
+        UserError,
+        match=r"list_eval_partition.txt has no row for 000299.jpg \(and 1 more\) listed "
+        r"in .*list_attr_celeba.txt",
+    ):
         celeba.read_rows(celeba.find_layout(celeba_copy))
     _edit(partitions, lambda lines: lines + ["000299.jpg 2", "000300.jpg 2", "000301.jpg 2"])
     with pytest.raises(UserError, match=r"list_attr_celeba.txt has no row for 000301.jpg listed in"):

@@ -1,5 +1,6 @@
 """The records job on a real Dask cluster (a scheduler and two worker processes on 127.0.0.1), through Beam's Dask
 runner: the same shards, byte for byte, as the local runner's."""
+
 import os
 import subprocess
 import sys
@@ -16,11 +17,23 @@ def dask_cluster():
     port = free_port()
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     address = f"tcp://127.0.0.1:{port}"
-    procs = [subprocess.Popen([dask, "scheduler", "--host=127.0.0.1", f"--port={port}", "--no-dashboard"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host=127.0.0.1", f"--port={port}", "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     wait_for_port(port, procs[0], "the Dask scheduler")
-    procs += [subprocess.Popen([dask, "worker", address, "--nworkers=1", "--nthreads=1", "--no-dashboard"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    procs += [
+        subprocess.Popen(
+            [dask, "worker", address, "--nworkers=1", "--nthreads=1", "--no-dashboard"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
     from distributed import Client
 
     with Client(address, timeout=60) as client:
@@ -44,10 +57,24 @@ def test_records_job_on_a_dask_cluster_matches_the_local_runner(dask_cluster, ce
     os.remove(os.path.join(celeba_copy, "img_align_celeba", missing))
     celeba_txt = celeba_copy
     out = str(tmp_path / "dask")
-    proc = subprocess.run([sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
-                           f"--output_dir={out}", "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2",
-                           "--runner=DaskRunner", f"--dask_client_address={dask_cluster}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocessing.build_records",
+            f"--celeba_dir={celeba_txt}",
+            f"--output_dir={out}",
+            "--split_sizes=120,20,20",
+            "--image_size=32",
+            "--num_shards=2",
+            "--runner=DaskRunner",
+            f"--dask_client_address={dask_cluster}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from dataset_format import manifest as manifest_lib
 
@@ -56,7 +83,9 @@ def test_records_job_on_a_dask_cluster_matches_the_local_runner(dask_cluster, ce
     assert on_dask["splits"] == local["splits"]  # sizes, counts and sha256 of every shard
     for info in local["splits"].values():
         for shard in info["shards"]:
-            assert open(os.path.join(out, shard["file"]), "rb").read() == \
-                open(os.path.join(tmp_path / "local", shard["file"]), "rb").read()
+            assert (
+                open(os.path.join(out, shard["file"]), "rb").read()
+                == open(os.path.join(tmp_path / "local", shard["file"]), "rb").read()
+            )
     errors = open(os.path.join(out, "errors.jsonl")).read()
     assert missing in errors and errors == open(tmp_path / "local" / "errors.jsonl").read()

@@ -2,6 +2,7 @@
 (no TensorFlow, TFDS, TensorBoard or matplotlib), runs the records job and writes the full install's shards byte for
 byte. (A real Dataflow worker has Beam in its SDK container; the clean venv gets it, and everything else, from the
 registry at the versions of constraints.txt, as `make install` does.)"""
+
 import hashlib
 import os
 import re
@@ -24,8 +25,17 @@ def _sha256(path):
 
 
 def test_the_workers_install_runs_the_records_job_without_tensorflow(celeba_txt, records_dir, tmp_path):
-    proc = run_cli("-m", "launch.dataflow", "--project=p", "--temp_location=gs://b/tmp", "--dry_run",
-                   f"--worker_package_dir={tmp_path / 'dist'}", "--", "--celeba_dir=gs://b/c", "--output_dir=gs://b/o")
+    proc = run_cli(
+        "-m",
+        "launch.dataflow",
+        "--project=p",
+        "--temp_location=gs://b/tmp",
+        "--dry_run",
+        f"--worker_package_dir={tmp_path / 'dist'}",
+        "--",
+        "--celeba_dir=gs://b/c",
+        "--output_dir=gs://b/o",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = re.findall(r"--extra_package=(\S+)", proc.stdout)
     assert "--setup_file" not in proc.stdout and os.path.dirname(wheel) == str(tmp_path / "dist")
@@ -39,19 +49,47 @@ def test_the_workers_install_runs_the_records_job_without_tensorflow(celeba_txt,
     venv = str(tmp_path / "worker")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     python = os.path.join(venv, "bin", "python")
-    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-                              f"--constraint={os.path.join(ROOT, 'constraints.txt')}", wheel],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-compile",
+            f"--constraint={os.path.join(ROOT, 'constraints.txt')}",
+            wheel,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     installed = subprocess.run([python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout
     assert not [line for line in installed.splitlines() if line.split("==")[0].lower() in TRAINING_ONLY], installed
 
     out = str(tmp_path / "records")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    job = subprocess.run([python, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}",
-                          f"--output_dir={out}", "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2",
-                          "--direct_running_mode=in_memory", "--direct_num_workers=1"],
-                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    job = subprocess.run(
+        [
+            python,
+            "-m",
+            "preprocessing.build_records",
+            f"--celeba_dir={celeba_txt}",
+            f"--output_dir={out}",
+            "--split_sizes=120,20,20",
+            "--image_size=32",
+            "--num_shards=2",
+            "--direct_running_mode=in_memory",
+            "--direct_num_workers=1",
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     shards = sorted(n for n in os.listdir(records_dir) if ".tfrecord-" in n)
     assert len(shards) == 6 and sorted(n for n in os.listdir(out) if ".tfrecord-" in n) == shards
@@ -65,5 +103,6 @@ def test_launch_dataflow_names_the_flags_it_has():
     line = assert_one_line_error(run_cli(*base, "--", *records, "--setup_file=./setup.py"), "--setup_file")
     assert "before the --" not in line  # launch.dataflow has no --setup_file to pass there
     assert_one_line_error(run_cli(*base, "--", *records, "--region=x"), "--region", "before the --")
-    assert_one_line_error(run_cli(*base, "--staging_location=/tmp/staging", "--", *records),
-                          "--staging_location=/tmp/staging", "gs://")
+    assert_one_line_error(
+        run_cli(*base, "--staging_location=/tmp/staging", "--", *records), "--staging_location=/tmp/staging", "gs://"
+    )

@@ -7,6 +7,7 @@ example once. So float32 runs without dropout agree to rounding. The batch of 12
 the 20-image validation and test splits: [6, 6], [6, 2] on 2 devices and [4, 4, 4], [4, 4, 0] on 3 (a replica
 with no example at all).
 """
+
 import csv
 import json
 import os
@@ -28,8 +29,17 @@ TOLERANCE = 1e-4
 
 def _train(records, model_dir, devices, *flags, cache_dir=None):
     cache_dir = cache_dir or f"{model_dir}-features"  # its own cache: every run extracts on its own devices
-    return run_cli("-m", "trainer.main", f"--data_dir={records}", f"--model_dir={model_dir}",
-                   f"--num_cpu_devices={devices}", f"--feature_cache_dir={cache_dir}", *EXACT, *flags, timeout=600)
+    return run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records}",
+        f"--model_dir={model_dir}",
+        f"--num_cpu_devices={devices}",
+        f"--feature_cache_dir={cache_dir}",
+        *EXACT,
+        *flags,
+        timeout=600,
+    )
 
 
 def _history(model_dir):
@@ -83,10 +93,12 @@ def test_the_default_path_on_3_devices_equals_one_device(records_dir, tmp_path):
         assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
         runs[devices] = model_dir
     _assert_same_figures(runs[1], runs[3])
-    assert all(abs(float(a["loss"]) - float(b["loss"])) <= TOLERANCE
-               for a, b in zip(_history(runs[1]), _history(runs[3])))
-    np.testing.assert_allclose(_features(f"{runs[1]}-features", "validation")[0],
-                               _features(f"{runs[3]}-features", "validation")[0], atol=1e-5)
+    assert all(
+        abs(float(a["loss"]) - float(b["loss"])) <= TOLERANCE for a, b in zip(_history(runs[1]), _history(runs[3]))
+    )
+    np.testing.assert_allclose(
+        _features(f"{runs[1]}-features", "validation")[0], _features(f"{runs[3]}-features", "validation")[0], atol=1e-5
+    )
 
     # trainer.evaluate of the one-device model on 3 devices, the last step leaving one replica empty
     proc = run_cli("-m", "trainer.evaluate", f"--model_dir={runs[1]}", "--num_cpu_devices=3", "--batch_size=12")
@@ -99,8 +111,14 @@ def test_the_default_path_on_3_devices_equals_one_device(records_dir, tmp_path):
 
     # trainer.extract_features on 3 devices: the same features as the one-device run extracted
     cache = str(tmp_path / "extracted")
-    proc = run_cli("-m", "trainer.extract_features", f"--data_dir={records_dir}", "--num_cpu_devices=3",
-                   f"--feature_cache_dir={cache}", *EXACT)
+    proc = run_cli(
+        "-m",
+        "trainer.extract_features",
+        f"--data_dir={records_dir}",
+        "--num_cpu_devices=3",
+        f"--feature_cache_dir={cache}",
+        *EXACT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for split in ("train", "validation"):
         mine, theirs = _features(cache, split), _features(f"{runs[1]}-features", split)
@@ -122,15 +140,30 @@ def test_the_default_path_on_3_devices_equals_one_device(records_dir, tmp_path):
 def test_streaming_on_2_devices_stopped_by_sigterm_resumes_to_one_devices_figures(records_dir, tmp_path):
     """Streaming images with --cache (no feature cache), a checkpoint every 5 steps; SIGTERM mid-epoch, the rerun
     continues the same epoch at the same step, and the run ends with the figures of an unbroken one-device run."""
-    flags = ["--feature_cache=off", "--cache", "--epochs=2", "--steps_per_epoch=20", "--checkpoint_steps=5",
-             "--steps_per_loop=1", "--noexport"]
+    flags = [
+        "--feature_cache=off",
+        "--cache",
+        "--epochs=2",
+        "--steps_per_epoch=20",
+        "--checkpoint_steps=5",
+        "--steps_per_loop=1",
+        "--noexport",
+    ]
     reference = str(tmp_path / "one")
     proc = _train(records_dir, reference, 1, *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     model_dir = str(tmp_path / "two")
-    cmd = [sys.executable, "-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={model_dir}",
-           "--num_cpu_devices=2", *EXACT, *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        f"--model_dir={model_dir}",
+        "--num_cpu_devices=2",
+        *EXACT,
+        *flags,
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     running = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert wait_for_checkpoint(model_dir, running), running.communicate()[1][-3000:]
@@ -151,20 +184,37 @@ def test_streaming_on_2_devices_stopped_by_sigterm_resumes_to_one_devices_figure
 
 
 def test_num_cpu_devices_is_refused_in_a_cluster(records_dir, tmp_path):
-    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--", f"--data_dir={records_dir}",
-                   f"--model_dir={tmp_path / 'm'}", "--num_cpu_devices=2", "--weights=none")
+    proc = run_cli(
+        "-m",
+        "launch.local_cluster",
+        "--num_workers=2",
+        "--",
+        f"--data_dir={records_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--num_cpu_devices=2",
+        "--weights=none",
+    )
     assert_one_line_error(proc, "--num_cpu_devices=2", "one CPU device")
     tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
-    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}",
-                   "--num_cpu_devices=2", "--weights=none", env={"TF_CONFIG": json.dumps(tf_config)})
+    proc = run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--num_cpu_devices=2",
+        "--weights=none",
+        env={"TF_CONFIG": json.dumps(tf_config)},
+    )
     assert_one_line_error(proc, "--num_cpu_devices=2", "cluster of 2 tasks")
 
 
 def test_votes_and_barriers_on_n_devices(devices=3):
     """Votes count each worker once whatever its replica count (MirroredStrategy returned the plain input before)."""
-    code = (f"from trainer import distribute; distribute.split_cpu({devices}); "
-            "s = distribute.make_strategy('mirrored'); v = distribute.Votes(s); v.barrier(); "
-            "print(s.num_replicas_in_sync, v.mean(2.5), v.any_worker(True), v.any_worker(False))")
+    code = (
+        f"from trainer import distribute; distribute.split_cpu({devices}); "
+        "s = distribute.make_strategy('mirrored'); v = distribute.Votes(s); v.barrier(); "
+        "print(s.num_replicas_in_sync, v.mean(2.5), v.any_worker(True), v.any_worker(False))"
+    )
     proc = run_cli("-c", code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == [str(devices), "2.5", "True", "False"]

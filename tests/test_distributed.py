@@ -1,4 +1,5 @@
 """MirroredStrategy on 2 logical CPUs and a 2-process MultiWorkerMirroredStrategy cluster on 127.0.0.1."""
+
 import json
 import os
 import re
@@ -41,20 +42,39 @@ def test_local_cluster_stops_all_workers_when_one_fails(records_dir, tmp_path):
         "print('started', flush=True)\n"
         "if index == 1:\n"
         "    sys.stderr.write('error: data folder /nope does not exist\\n'); sys.exit(2)\n"
-        "time.sleep(600)\n")
-    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--grace_seconds=2",
-                   "--module=worker", env={"PYTHONPATH": str(tmp_path)}, timeout=120)
+        "time.sleep(600)\n"
+    )
+    proc = run_cli(
+        "-m",
+        "launch.local_cluster",
+        "--num_workers=2",
+        "--grace_seconds=2",
+        "--module=worker",
+        env={"PYTHONPATH": str(tmp_path)},
+        timeout=120,
+    )
     assert_one_line_error(proc, "local cluster failed", "status 2")
     assert "[worker 1] error: data folder /nope does not exist" in proc.stdout
     assert "[worker 0] started" in proc.stdout
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and
-                 p.info["cmdline"][-1:] == ["worker"] and "-m" in p.info["cmdline"]]
+    leftovers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and p.info["cmdline"][-1:] == ["worker"] and "-m" in p.info["cmdline"]
+    ]
     assert not leftovers
 
 
 def test_batch_must_divide_by_replicas(records_dir, tmp_path):
-    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}",
-                   "--num_cpu_devices=2", "--strategy=mirrored", "--batch_size=7", "--weights=none")
+    proc = run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--num_cpu_devices=2",
+        "--strategy=mirrored",
+        "--batch_size=7",
+        "--weights=none",
+    )
     assert_one_line_error(proc, "--batch_size=7", "2 replicas")
 
 
@@ -63,9 +83,14 @@ def test_sigkill_to_the_launcher_leaves_no_worker(tmp_path):
 
     script = tmp_path / "sleeper.py"
     script.write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
-    launcher = subprocess.Popen([sys.executable, "-m", "launch.local_cluster", "--num_workers=2", "--module=sleeper"],
-                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "launch.local_cluster", "--num_workers=2", "--module=sleeper"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     started = 0
     while started < 2:
         line = launcher.stdout.readline()
@@ -90,8 +115,17 @@ def test_evaluation_counts_each_example_once_on_every_strategy(records_dir):
         proc = run_cli(helper, mode, records_dir)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[mode] = _eval_json(proc.stdout)[0]
-    proc = run_cli("-m", "launch.local_cluster", "--num_workers=2", "--module=eval_everywhere", "--",
-                   "multi_worker", records_dir, env={"PYTHONPATH": os.path.dirname(helper)}, timeout=300)
+    proc = run_cli(
+        "-m",
+        "launch.local_cluster",
+        "--num_workers=2",
+        "--module=eval_everywhere",
+        "--",
+        "multi_worker",
+        records_dir,
+        env={"PYTHONPATH": os.path.dirname(helper)},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     workers = _eval_json(proc.stdout)
     assert len(workers) == 2 and workers[0] == workers[1]  # every worker gets the same, complete figures
@@ -104,9 +138,21 @@ def test_evaluation_counts_each_example_once_on_every_strategy(records_dir):
 
 
 def _cluster_cmd(data_dir, model_dir, *extra):
-    return [sys.executable, "-m", "launch.local_cluster", "--num_workers=2", "--grace_seconds=20", "--",
-            f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--batch_size=8", "--weights=none",
-            "--head_units=8", "--noexport", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "launch.local_cluster",
+        "--num_workers=2",
+        "--grace_seconds=20",
+        "--",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        "--batch_size=8",
+        "--weights=none",
+        "--head_units=8",
+        "--noexport",
+        *extra,
+    ]
 
 
 def _latest_checkpoint_number(model_dir):
@@ -127,8 +173,9 @@ def _start_cluster(cmd, model_dir, checkpoints_wanted, timeout=300):
     while _latest_checkpoint_number(model_dir) < checkpoints_wanted:
         assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[0][-3000:]
         time.sleep(0.05)
-    workers = sorted(psutil.Process(launcher.pid).children(),
-                     key=lambda p: json.loads(p.environ()["TF_CONFIG"])["task"]["index"])
+    workers = sorted(
+        psutil.Process(launcher.pid).children(), key=lambda p: json.loads(p.environ()["TF_CONFIG"])["task"]["index"]
+    )
     assert len(workers) == 2
     return launcher, workers
 
@@ -161,21 +208,26 @@ def test_multi_worker_resume_after_sigkill_of_every_process(records_dir, tmp_pat
     worker1 = [line for line in out.splitlines() if line.startswith("[worker 1]")]
     assert worker1 and not [line for line in worker1 if "val_accuracy" in line or "model, metrics and plots" in line]
     # a clean end: every worker reaches the final barrier, so nobody reports the others as crashed
-    assert not [line for line in out.splitlines()
-                if re.match(r"\[worker \d\] (E\d{4} |ERROR)", line) or "StartAbort" in line]
+    assert not [
+        line for line in out.splitlines() if re.match(r"\[worker \d\] (E\d{4} |ERROR)", line) or "StartAbort" in line
+    ]
 
 
 def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(records_dir, tmp_path):
     import signal
 
     model_dir = str(tmp_path / "mw")
-    cmd = _cluster_cmd(records_dir, model_dir, "--epochs=1", "--steps_per_epoch=80", "--checkpoint_steps=10",
-                       "--feature_cache=off")
+    cmd = _cluster_cmd(
+        records_dir, model_dir, "--epochs=1", "--steps_per_epoch=80", "--checkpoint_steps=10", "--feature_cache=off"
+    )
     launcher, workers = _start_cluster(cmd, model_dir, checkpoints_wanted=1)  # mid-epoch 1
     workers[1].send_signal(signal.SIGTERM)
     out, _ = launcher.communicate(timeout=120)  # no hang: the launcher returns
-    stops = re.findall(r"\[worker (\d)\] stopped by SIGTERM \(to (this|another) worker\) at epoch (\d+), "
-                       r"step (\d+)", out)
+    stops = re.findall(
+        r"\[worker (\d)\] stopped by SIGTERM \(to (this|another) worker\) at epoch (\d+), "
+        r"step (\d+)",
+        out,
+    )
     assert sorted((w, who) for w, who, _, _ in stops) == [("0", "another"), ("1", "this")], out[-3000:]
     assert len({(e, s) for _, _, e, s in stops}) == 1  # the same step everywhere
     epoch, step = int(stops[0][2]), int(stops[0][3])
@@ -218,11 +270,21 @@ def test_sigkill_of_one_worker_ends_the_other_in_one_line(records_dir, tmp_path)
 def test_a_worker_that_never_starts_ends_the_run_in_one_line(records_dir, tmp_path):
     from conftest import free_port
 
-    tf_config = {"cluster": {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]},
-                 "task": {"type": "worker", "index": 0}}  # worker 1 is never started
-    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}",
-                   "--weights=none", "--batch_size=8", "--cluster_wait=10", env={"TF_CONFIG": json.dumps(tf_config)},
-                   timeout=120)
+    tf_config = {
+        "cluster": {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]},
+        "task": {"type": "worker", "index": 0},
+    }  # worker 1 is never started
+    proc = run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--weights=none",
+        "--batch_size=8",
+        "--cluster_wait=10",
+        env={"TF_CONFIG": json.dumps(tf_config)},
+        timeout=120,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "joined within 10 s" in errors[0] and "--cluster_wait" in errors[0], proc.stderr

@@ -1,4 +1,5 @@
 """The shared, content-addressed feature cache: reuse across runs, new keys for new inputs, atomic writes."""
+
 import csv
 import glob
 import json
@@ -20,8 +21,16 @@ FAST = ["--weights=none", "--epochs=1", "--head_units=8", "--noexport", "--preci
 
 
 def _train(records, model_dir, cache, *flags):
-    return run_cli("-m", "trainer.main", f"--data_dir={records}", f"--model_dir={model_dir}",
-                   f"--feature_cache_dir={cache}", *FAST, *flags, timeout=600)
+    return run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records}",
+        f"--model_dir={model_dir}",
+        f"--feature_cache_dir={cache}",
+        *FAST,
+        *flags,
+        timeout=600,
+    )
 
 
 def test_runs_share_the_cache_and_list_and_clear_it(records_dir, tmp_path):
@@ -42,12 +51,18 @@ def test_runs_share_the_cache_and_list_and_clear_it(records_dir, tmp_path):
     listing = run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}")
     assert listing.returncode == 0 and "2 entries" in listing.stdout, listing.stdout
     keys = [line.split()[0] for line in listing.stdout.splitlines()[:-1]]
-    assert sum("MB" in line and "train,validation" in line and "records=" in line
-               for line in listing.stdout.splitlines()[:-1]) == 1
+    assert (
+        sum(
+            "MB" in line and "train,validation" in line and "records=" in line
+            for line in listing.stdout.splitlines()[:-1]
+        )
+        == 1
+    )
     cleared = run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}", f"--clear={keys[0]}")
     assert cleared.returncode == 0 and sorted(os.listdir(cache)) == keys[1:]
-    assert_one_line_error(run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}", "--clear=nope"),
-                          "--clear=nope")
+    assert_one_line_error(
+        run_cli("-m", "trainer.cache", f"--feature_cache_dir={cache}", "--clear=nope"), "--clear=nope"
+    )
     # a folder that is not a cache entry (--feature_cache_dir pointed at a folder of the user's) is never touched
     (cache / "my-photos").mkdir()
     (cache / "my-photos" / "a.jpg").write_bytes(b"jpeg")
@@ -89,10 +104,25 @@ def test_an_interrupted_extraction_leaves_nothing_a_later_run_reads(records_dir,
 
 def test_two_runs_starting_together_both_finish_with_the_same_features(records_dir, tmp_path):
     cache = tmp_path / "shared"
-    procs = [subprocess.Popen([sys.executable, "-m", "trainer.main", f"--data_dir={records_dir}",
-                               f"--model_dir={tmp_path / name}", f"--feature_cache_dir={cache}", *FAST,
-                               "--batch_size=8"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for name in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trainer.main",
+                f"--data_dir={records_dir}",
+                f"--model_dir={tmp_path / name}",
+                f"--feature_cache_dir={cache}",
+                *FAST,
+                "--batch_size=8",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
     (key,) = os.listdir(cache)
@@ -101,8 +131,9 @@ def test_two_runs_starting_together_both_finish_with_the_same_features(records_d
         assert os.listdir(folder) == ["worker-0-of-1"], os.listdir(folder)  # no temporary leftovers
         assert sum(1 for _ in feature_cache.load(str(folder / "worker-0-of-1"))) == count
     histories = [list(csv.DictReader(open(tmp_path / name / "history.csv"))) for name in ("a", "b")]
-    np.testing.assert_allclose([float(r["val_loss"]) for r in histories[0]],
-                               [float(r["val_loss"]) for r in histories[1]], atol=1e-6)
+    np.testing.assert_allclose(
+        [float(r["val_loss"]) for r in histories[0]], [float(r["val_loss"]) for r in histories[1]], atol=1e-6
+    )
 
 
 def _largest_file(folder):
@@ -127,18 +158,22 @@ def _edit_done(change):
         done = json.load(open(os.path.join(folder, "_DONE")))
         text = change(done)
         open(os.path.join(folder, "_DONE"), "w").write(text if isinstance(text, str) else json.dumps(done))
+
     return damage
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (_flip, "changed since it was written"),
-    (_cut, "changed since it was written"),
-    (lambda folder: shutil.rmtree(os.path.join(folder, "part-00001")), "not the ones it was written with"),
-    (_edit_done(lambda done: "{\"parts\": 3,"), "_DONE marker is damaged"),
-    (_edit_done(lambda done: done.update(parts=2)), "part count does not match"),
-    (_edit_done(lambda done: done.pop("files")), "older version"),
-    (lambda folder: os.remove(os.path.join(folder, "_DONE")), "no _DONE marker"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_flip, "changed since it was written"),
+        (_cut, "changed since it was written"),
+        (lambda folder: shutil.rmtree(os.path.join(folder, "part-00001")), "not the ones it was written with"),
+        (_edit_done(lambda done: '{"parts": 3,'), "_DONE marker is damaged"),
+        (_edit_done(lambda done: done.update(parts=2)), "part count does not match"),
+        (_edit_done(lambda done: done.pop("files")), "older version"),
+        (lambda folder: os.remove(os.path.join(folder, "_DONE")), "no _DONE marker"),
+    ],
+)
 def test_a_damaged_entry_is_computed_again_not_trusted(records_dir, tmp_path, monkeypatch, damage, reason):
     """Each damage is seen before any example is read (a flipped byte would otherwise be a DataLossError mid-run);
     the entry is computed again and the next run's features equal the first's."""

@@ -1,4 +1,5 @@
 """fileio on a remote-style path: TensorFlow's in-memory ram:// filesystem stands in for gs://."""
+
 import hashlib
 
 import tensorflow as tf  # noqa: F401  (loaded: remote paths go through tf.io.gfile)
@@ -37,8 +38,21 @@ def test_local_writes_are_atomic(tmp_path, monkeypatch):
     from trainer.metrics import read_history, write_history
 
     path = str(tmp_path / "history.csv")
-    rows = [{"epoch": e, "phase": "head", "loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.7,
-             "lr": 1e-3, "epoch_seconds": 1.0, "images_per_sec": 100.0, "feature_cache": 1} for e in (1, 2)]
+    rows = [
+        {
+            "epoch": e,
+            "phase": "head",
+            "loss": 0.5,
+            "accuracy": 0.8,
+            "val_loss": 0.6,
+            "val_accuracy": 0.7,
+            "lr": 1e-3,
+            "epoch_seconds": 1.0,
+            "images_per_sec": 100.0,
+            "feature_cache": 1,
+        }
+        for e in (1, 2)
+    ]
     write_history(path, rows[:1])
     before = open(path, "rb").read()
 

@@ -4,6 +4,7 @@ The job runs as a user runs it (a `python -m preprocessing.build_records` proces
 so its gs:// paths go through Beam's GCS client, which honours STORAGE_EMULATOR_HOST). TensorFlow's own gs://
 filesystem cannot be pointed at an emulator; the trainer's remote paths are tested on ram:// instead.
 """
+
 import json
 import os
 import socket
@@ -27,8 +28,11 @@ def gcs():
 
     port = free_port()
     emulator = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    proc = subprocess.Popen([emulator, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [emulator, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_for_port(port, proc, "the GCS emulator")
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -51,10 +55,23 @@ def _objects(client, prefix):
 
 
 def _build(url, celeba_dir, output, *extra):
-    return subprocess.run([sys.executable, "-m", "preprocessing.build_records", f"--celeba_dir={celeba_dir}",
-                           f"--output_dir=gs://{BUCKET}/{output}", "--split_sizes=120,20,20", "--image_size=32",
-                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "STORAGE_EMULATOR_HOST": url})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocessing.build_records",
+            f"--celeba_dir={celeba_dir}",
+            f"--output_dir=gs://{BUCKET}/{output}",
+            "--split_sizes=120,20,20",
+            "--image_size=32",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "STORAGE_EMULATOR_HOST": url},
+    )
 
 
 def test_a_dataset_on_gcs_is_complete_refused_then_replaced_whole(gcs, celeba_txt, tmp_path):

@@ -1,5 +1,6 @@
 """Nothing silently wrong in the run folder: resume fingerprint, record counts, prediction's transform, damaged
 checkpoints and models, paths that are files. Each case ends in one `error:` line or a stated fallback."""
+
 import csv
 import json
 import os
@@ -28,8 +29,9 @@ def test_resume_with_changed_settings_is_refused_naming_the_change(records_dir, 
     assert first.returncode == 0, first.stderr[-3000:]
     run = json.load(open(os.path.join(model_dir, "run.json")))
     assert run["fingerprint"]["lr"] == 1e-4 and run["transform"]["image_size"] == 32
-    line = assert_one_line_error(_train(records_dir, model_dir, "--epochs=2", "--lr=0.01", "--noexport"),
-                                 "lr=0.0001, not 0.01", "--fresh")
+    line = assert_one_line_error(
+        _train(records_dir, model_dir, "--epochs=2", "--lr=0.01", "--noexport"), "lr=0.0001, not 0.01", "--fresh"
+    )
     assert "Traceback" not in line
     assert_one_line_error(_train(learn_records, model_dir, "--epochs=2", "--noexport"), "the records")
     again = _train(records_dir, model_dir, "--epochs=2", "--noexport")  # --epochs may change
@@ -62,8 +64,9 @@ def test_paths_that_are_files_and_damaged_models_give_one_line(records_dir, trai
     shutil.copytree(model_dir, damaged, ignore=shutil.ignore_patterns("checkpoints", "logs", "export"))
     keras_file = damaged / "model.keras"
     keras_file.write_bytes(keras_file.read_bytes()[:1000])
-    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={damaged}", str(image)),
-                          "model.keras cannot be loaded")
+    assert_one_line_error(
+        run_cli("-m", "trainer.predict", f"--model_dir={damaged}", str(image)), "model.keras cannot be loaded"
+    )
 
 
 def test_manifest_claiming_more_records_than_the_shards_hold_is_refused(records_dir, tmp_path):
@@ -74,8 +77,11 @@ def test_manifest_claiming_more_records_than_the_shards_hold_is_refused(records_
     shard["num_records"] += 60  # as if it held an extra half epoch
     manifest["splits"]["train"]["num_examples"] += 60
     json.dump(manifest, open(copy / "manifest.json", "w"))
-    assert_one_line_error(_train(str(copy), str(tmp_path / "m"), "--epochs=1", "--noverify_data"), shard["file"],
-                          f"{shard['num_records'] - 60} records, manifest says {shard['num_records']}")
+    assert_one_line_error(
+        _train(str(copy), str(tmp_path / "m"), "--epochs=1", "--noverify_data"),
+        shard["file"],
+        f"{shard['num_records'] - 60} records, manifest says {shard['num_records']}",
+    )
 
 
 def test_prediction_uses_the_run_folders_transform_after_the_data_moves(celeba_txt, tmp_path):
@@ -96,8 +102,10 @@ def test_prediction_uses_the_run_folders_transform_after_the_data_moves(celeba_t
 
     model = load_trained(model_dir)
     raw = open(image, "rb").read()
-    p = {mode: float(model.predict(tf.io.decode_jpeg(transform_image(raw, Transform(32, mode)))[None], verbose=0)[0, 1])
-         for mode in ("stretch", "crop")}
+    p = {
+        mode: float(model.predict(tf.io.decode_jpeg(transform_image(raw, Transform(32, mode)))[None], verbose=0)[0, 1])
+        for mode in ("stretch", "crop")
+    }
     assert abs(p_cli - p["stretch"]) < 1e-3 and not np.isclose(p["stretch"], p["crop"], atol=1e-4), (p_cli, p)
     # evaluating it on records of the same size but another crop would be silently wrong: refused
     crop_records = str(tmp_path / "crop")
@@ -120,14 +128,29 @@ def full_disk(tmp_path):
 
 def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(celeba_txt, records_dir, full_disk):
     out = full_disk / "records"
-    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
-                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2")
+    proc = run_cli(
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_txt}",
+        f"--output_dir={out}",
+        "--split_sizes=120,20,20",
+        "--image_size=32",
+        "--num_shards=2",
+    )
     assert_one_line_error(proc, "No space left on device")
     assert os.listdir(full_disk) == []  # no dataset, no .partial work folder
     # two worker processes: each prints the failing bundle's traceback; they go to a log the error names
-    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={out}",
-                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", "--direct_num_workers=2",
-                   "--direct_running_mode=multi_processing")
+    proc = run_cli(
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_txt}",
+        f"--output_dir={out}",
+        "--split_sizes=120,20,20",
+        "--image_size=32",
+        "--num_shards=2",
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+    )
     line = assert_one_line_error(proc, "No space left on device", "the workers' log: ")
     log = line.split("the workers' log: ")[1].rstrip(")")
     assert "Traceback" in open(log).read() and os.listdir(full_disk) == []
@@ -139,8 +162,17 @@ def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(celeba_txt
 
 
 def _records_cli(celeba_dir, output_dir, *extra, timeout=300):
-    return run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_dir}", f"--output_dir={output_dir}",
-                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", *extra, timeout=timeout)
+    return run_cli(
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_dir}",
+        f"--output_dir={output_dir}",
+        "--split_sizes=120,20,20",
+        "--image_size=32",
+        "--num_shards=2",
+        *extra,
+        timeout=timeout,
+    )
 
 
 def test_a_kill_inside_an_overwrite_loses_no_dataset(celeba_txt, tmp_path):
@@ -184,8 +216,7 @@ def test_a_full_disk_during_export_leaves_no_half_export(records_dir, tmp_path):
     try:
         model_dir = mount_point / "run"
         proc = _train(records_dir, str(model_dir), "--epochs=1")
-        assert_one_line_error(proc, "could not export the model", "No space left on device",
-                              "rerun the same command")
+        assert_one_line_error(proc, "could not export the model", "No space left on device", "rerun the same command")
         assert (model_dir / "checkpoints" / "checkpoint").exists() and (model_dir / "metrics.json").exists()
         left = sorted(os.listdir(model_dir))
         assert "export" not in left and "model.keras" not in left and not [n for n in left if "partial" in n], left
@@ -197,13 +228,36 @@ def test_records_rebuilt_under_a_running_trainer_stop_it(celeba_txt, tmp_path):
     data_dir = str(tmp_path / "records")
     build(celeba_txt, data_dir)
     model_dir = str(tmp_path / "m")
-    cmd = [sys.executable, "-m", "trainer.main", f"--data_dir={data_dir}", f"--model_dir={model_dir}", *FAST,
-           "--epochs=200", "--noexport"]
-    running = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        *FAST,
+        "--epochs=200",
+        "--noexport",
+    ]
+    running = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert wait_for_checkpoint(model_dir, running), running.communicate()[1][-3000:]
-    proc = run_cli("-m", "preprocessing.build_records", f"--celeba_dir={celeba_txt}", f"--output_dir={data_dir}",
-                   "--split_sizes=120,20,20", "--image_size=32", "--num_shards=2", "--overwrite", "--seed=9")
+    proc = run_cli(
+        "-m",
+        "preprocessing.build_records",
+        f"--celeba_dir={celeba_txt}",
+        f"--output_dir={data_dir}",
+        "--split_sizes=120,20,20",
+        "--image_size=32",
+        "--num_shards=2",
+        "--overwrite",
+        "--seed=9",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out, err = running.communicate(timeout=300)
     assert running.returncode == 2 and "changed while this run trained" in err, (out[-2000:], err[-3000:])
@@ -225,11 +279,27 @@ def test_a_resume_past_the_shorter_epochs_end_records_no_invented_loss(records_d
     """Stopped at step S >= 5 of a 30-step epoch, resumed with --steps_per_epoch=5: that epoch trains no further
     step, so its training loss and accuracy are unknown (nan), not 0."""
     model_dir = str(tmp_path / "m")
-    base = ["-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={model_dir}", "--weights=none",
-            "--batch_size=8", "--head_units=8", "--feature_cache=off", "--epochs=1", "--noexport"]
+    base = [
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        f"--model_dir={model_dir}",
+        "--weights=none",
+        "--batch_size=8",
+        "--head_units=8",
+        "--feature_cache=off",
+        "--epochs=1",
+        "--noexport",
+    ]
     cmd = [sys.executable, *base, "--steps_per_epoch=30", "--checkpoint_steps=5", "--steps_per_loop=1"]
-    running = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    running = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert wait_for_checkpoint(model_dir, running), running.communicate()[1][-3000:]
     running.send_signal(signal.SIGTERM)
     _, err = running.communicate(timeout=120)
@@ -247,18 +317,21 @@ def test_the_fingerprint_lives_in_the_checkpoints(records_dir, tmp_path):
     model_dir = tmp_path / "m"
     assert _train(records_dir, str(model_dir), "--epochs=1", "--noexport").returncode == 0
     (model_dir / "run.json").unlink()
-    assert_one_line_error(_train(records_dir, str(model_dir), "--epochs=2", "--lr=0.01", "--noexport"),
-                          "lr=0.0001, not 0.01")
+    assert_one_line_error(
+        _train(records_dir, str(model_dir), "--epochs=2", "--lr=0.01", "--noexport"), "lr=0.0001, not 0.01"
+    )
     assert not (model_dir / "run.json").exists()  # the refused resume wrote no run.json of its own
     for damaged in ("[]", "1"):
         (model_dir / "run.json").write_text(damaged)
-        assert_one_line_error(_train(records_dir, str(model_dir), "--epochs=2", "--lr=0.01", "--noexport"),
-                              "lr=0.0001, not 0.01")
+        assert_one_line_error(
+            _train(records_dir, str(model_dir), "--epochs=2", "--lr=0.01", "--noexport"), "lr=0.0001, not 0.01"
+        )
         assert (model_dir / "run.json").read_text() == damaged
     other = tmp_path / "other"
     shutil.copytree(model_dir / "checkpoints", other / "checkpoints")
-    assert_one_line_error(_train(records_dir, str(other), "--epochs=2", "--lr=0.01", "--noexport"),
-                          "lr=0.0001, not 0.01")
+    assert_one_line_error(
+        _train(records_dir, str(other), "--epochs=2", "--lr=0.01", "--noexport"), "lr=0.0001, not 0.01"
+    )
     again = _train(records_dir, str(model_dir), "--epochs=2", "--noexport")
     assert again.returncode == 0 and "Resumed after epoch 1" in again.stdout, again.stderr[-3000:]
     assert json.load(open(model_dir / "run.json"))["fingerprint"]["lr"] == 1e-4
@@ -309,8 +382,9 @@ def test_damaged_inputs_around_a_run_end_in_one_line(records_dir, tmp_path):
     manifest = json.load(open(edited / "manifest.json"))
     manifest["image_size"] = 64
     (edited / "manifest.json").write_text(json.dumps(manifest))
-    assert_one_line_error(_train(str(edited), str(tmp_path / "m2"), "--epochs=1"), "[32]x[32] px",
-                          "manifest.json says 64 px")
+    assert_one_line_error(
+        _train(str(edited), str(tmp_path / "m2"), "--epochs=1"), "[32]x[32] px", "manifest.json says 64 px"
+    )
     proc = _train(records_dir, str(tmp_path / "m3"), "--epochs=1", f"--data_service=grpc://127.0.0.1:{free_port()}")
     assert_one_line_error(proc, "no tf.data service dispatcher answers there", "after 20 s")
 
@@ -400,9 +474,14 @@ def proxies():
             conn.close()
 
     threading.Thread(target=answer, daemon=True).start()
-    yield {name: f"http://127.0.0.1:{port}" for name, port in
-           (("answers", servers[0].getsockname()[1]), ("silent", servers[1].getsockname()[1]),
-            ("closed", free_port()))}
+    yield {
+        name: f"http://127.0.0.1:{port}"
+        for name, port in (
+            ("answers", servers[0].getsockname()[1]),
+            ("silent", servers[1].getsockname()[1]),
+            ("closed", free_port()),
+        )
+    }
     for server in servers:
         server.close()
 
@@ -411,21 +490,48 @@ def test_cloud_storage_out_of_reach_or_without_credentials_is_one_line_in_second
     """Without the check each client retries first: Beam's for 120 s, TensorFlow's over 3 minutes (measured)."""
     import time
 
-    no_credentials = {"CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "GCE_METADATA_HOST": "127.0.0.1:9",
-                      "GCE_METADATA_IP": "127.0.0.1:9", "GOOGLE_APPLICATION_CREDENTIALS": "",
-                      "STORAGE_EMULATOR_HOST": "", "GOOGLE_AUTH_TOKEN_FOR_TESTING": ""}
+    no_credentials = {
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "GCE_METADATA_HOST": "127.0.0.1:9",
+        "GCE_METADATA_IP": "127.0.0.1:9",
+        "GOOGLE_APPLICATION_CREDENTIALS": "",
+        "STORAGE_EMULATOR_HOST": "",
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "",
+    }
     celeba = str(tmp_path / "celeba")  # never read: refused before
     cases = [
-        (["-m", "trainer.main", "--data_dir=gs://b/records", f"--model_dir={tmp_path / 'm'}", *FAST],
-         "closed", ("cannot reach Cloud Storage for gs://b/records", "through the proxy", "Connection refused")),
-        (["-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}", *FAST,
-          "--feature_cache_dir=gs://b/features"], "silent", ("gs://b/features", "no answer in 10 s")),
-        (["-m", "preprocessing.build_records", f"--celeba_dir={celeba}", "--output_dir=gs://b/records"], "closed",
-         ("cannot reach Cloud Storage for gs://b/records", "Connection refused")),
-        (["-m", "preprocessing.build_records", f"--celeba_dir={celeba}", "--output_dir=gs://b/records"], "answers",
-         ("no Google Cloud credentials to write gs://b/records", "gcloud auth application-default login")),
-        (["-m", "trainer.predict", f"--model_dir={tmp_path}", "--output=gs://b/p.csv", "x.jpg"], "answers",
-         ("no Google Cloud credentials to write gs://b/p.csv",)),
+        (
+            ["-m", "trainer.main", "--data_dir=gs://b/records", f"--model_dir={tmp_path / 'm'}", *FAST],
+            "closed",
+            ("cannot reach Cloud Storage for gs://b/records", "through the proxy", "Connection refused"),
+        ),
+        (
+            [
+                "-m",
+                "trainer.main",
+                f"--data_dir={records_dir}",
+                f"--model_dir={tmp_path / 'm'}",
+                *FAST,
+                "--feature_cache_dir=gs://b/features",
+            ],
+            "silent",
+            ("gs://b/features", "no answer in 10 s"),
+        ),
+        (
+            ["-m", "preprocessing.build_records", f"--celeba_dir={celeba}", "--output_dir=gs://b/records"],
+            "closed",
+            ("cannot reach Cloud Storage for gs://b/records", "Connection refused"),
+        ),
+        (
+            ["-m", "preprocessing.build_records", f"--celeba_dir={celeba}", "--output_dir=gs://b/records"],
+            "answers",
+            ("no Google Cloud credentials to write gs://b/records", "gcloud auth application-default login"),
+        ),
+        (
+            ["-m", "trainer.predict", f"--model_dir={tmp_path}", "--output=gs://b/p.csv", "x.jpg"],
+            "answers",
+            ("no Google Cloud credentials to write gs://b/p.csv",),
+        ),
         (["-m", "trainer.cache", "--feature_cache_dir=gs://b/features"], "closed", ("cannot reach Cloud Storage",)),
     ]
     for args, proxy, needles in cases:
@@ -440,10 +546,18 @@ def test_a_failed_weights_download_names_its_cause_in_whole_words(records_dir, p
     """Keras' own message is `URL fetch failure on <80-character URL>: None -- <cause>`; cut at 160 characters, the
     cause was lost mid-word (`[Errno -2] Na`)."""
     proxy = {"HTTPS_PROXY": proxies["closed"], "https_proxy": proxies["closed"], "KERAS_HOME": str(tmp_path)}
-    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}", *FAST,
-                   "--weights=imagenet", env=proxy)
-    line = assert_one_line_error(proc, "could not download the VGG16 ImageNet weights ([Errno 111] Connection "
-                                       "refused); pass --weights=")
+    proc = run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        f"--model_dir={tmp_path / 'm'}",
+        *FAST,
+        "--weights=imagenet",
+        env=proxy,
+    )
+    line = assert_one_line_error(
+        proc, "could not download the VGG16 ImageNet weights ([Errno 111] Connection refused); pass --weights="
+    )
     assert "URL fetch failure" not in line
     assert not list((tmp_path / "models").glob("*"))  # no partial download left for the next run to trust
 
@@ -452,14 +566,28 @@ def test_a_second_trainer_in_a_run_folder_in_use_is_refused(records_dir, tmp_pat
     """A real second process while the first trains; the lock dies with its holder (SIGKILL), so the rerun
     resumes."""
     model_dir = tmp_path / "m"
-    first = subprocess.Popen([sys.executable, "-m", "trainer.main", f"--data_dir={records_dir}",
-                              f"--model_dir={model_dir}", *FAST, "--epochs=20", "--noexport"],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer.main",
+            f"--data_dir={records_dir}",
+            f"--model_dir={model_dir}",
+            *FAST,
+            "--epochs=20",
+            "--noexport",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for_checkpoint(str(model_dir), first), first.communicate()[1][-3000:]
         second = _train(records_dir, str(model_dir), "--epochs=20", "--noexport")
-        assert_one_line_error(second, f"another trainer (host {os.uname().nodename}, pid {first.pid}",
-                              f"is training in {model_dir}")
+        assert_one_line_error(
+            second, f"another trainer (host {os.uname().nodename}, pid {first.pid}", f"is training in {model_dir}"
+        )
     finally:
         first.kill()
         first.wait()
@@ -472,16 +600,21 @@ def test_a_remote_run_folder_lease_refuses_a_live_holder_and_outlives_a_dead_one
     processes; renewals every 0.4 s instead of 20 s."""
     import time
 
-    holder_code = ("import sys, time; from trainer import runlock; runlock._lease(sys.argv[1], 0.4); "
-                   "print('held', flush=True); time.sleep(600)")
+    holder_code = (
+        "import sys, time; from trainer import runlock; runlock._lease(sys.argv[1], 0.4); "
+        "print('held', flush=True); time.sleep(600)"
+    )
     folder = str(tmp_path / "run")
     os.makedirs(folder)
-    holder = subprocess.Popen([sys.executable, "-c", holder_code, folder], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", holder_code, folder], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        contender = run_cli("-c", "from celeba_common.cli import run_main; from trainer import runlock; "
-                            f"run_main(lambda argv: runlock._lease({folder!r}, 0.4))", timeout=60)
+        contender = run_cli(
+            "-c",
+            "from celeba_common.cli import run_main; from trainer import runlock; "
+            f"run_main(lambda argv: runlock._lease({folder!r}, 0.4))",
+            timeout=60,
+        )
         assert_one_line_error(contender, f"pid {holder.pid}", "renews its lease _RUNNING")
     finally:
         holder.kill()

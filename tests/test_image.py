@@ -6,6 +6,7 @@ There is no Docker registry here (the TensorFlow base image cannot be pulled), s
 and the other dependencies, comes from the test's own environment; what the Dockerfile itself contributes, the
 project's files and their install, is exactly what runs.
 """
+
 import fnmatch
 import importlib.metadata
 import os
@@ -57,8 +58,11 @@ def _ignored(relative, patterns):
 def _replay_copies(image_root):
     """Applies the Dockerfile's WORKDIR and COPY lines to image_root; returns the last WORKDIR before the RUN that
     installs (where the sources were copied)."""
-    patterns = [line.strip() for line in open(os.path.join(ROOT, ".dockerignore")).read().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in open(os.path.join(ROOT, ".dockerignore")).read().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert not any(p.startswith("!") for p in patterns), "exceptions are not replayed here"
     workdir, source_dir = "/", None
     for word, args in _instructions(DOCKERFILE):
@@ -73,8 +77,11 @@ def _replay_copies(image_root):
                 if os.path.isfile(base):  # a file goes into the destination folder
                     found = [(base, os.path.join(target, os.path.basename(base)))]
                 else:  # a folder's content goes into the destination
-                    found = [(os.path.join(folder, name), os.path.join(target, os.path.relpath(folder, base), name))
-                             for folder, _, files in os.walk(base) for name in files]
+                    found = [
+                        (os.path.join(folder, name), os.path.join(target, os.path.relpath(folder, base), name))
+                        for folder, _, files in os.walk(base)
+                        for name in files
+                    ]
                 for path, out in found:
                     if not _ignored(os.path.relpath(path, ROOT), patterns):
                         os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -95,13 +102,31 @@ def image(tmp_path_factory):
     venv = str(work / "venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = os.path.join(venv, "bin", "python")
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # --target installs into that folder alone: pip then ignores (and never uninstalls) what this environment has,
     # such as the checkout's own editable install
     ours = len(list(importlib.metadata.distributions(name="celeba-tfrecords")))
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              f"--target={site}", sources], capture_output=True, text=True, cwd=str(work))
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            f"--target={site}",
+            sources,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(work),
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     assert len(list(importlib.metadata.distributions(name="celeba-tfrecords"))) == ours  # left as it was
     with open(os.path.join(site, "zz_dependencies.pth"), "w") as f:
@@ -117,9 +142,13 @@ def _run(image, *args, timeout=300):
 
 
 def test_the_image_holds_every_package_and_no_checkout(image):
-    proc = _run(image, "-c", "import celeba_common, dataset_format, preprocessing, trainer, launch, sys; "
-                             "print('\\n'.join(m.__file__ for m in (celeba_common, dataset_format, preprocessing, "
-                             "trainer, launch)))")
+    proc = _run(
+        image,
+        "-c",
+        "import celeba_common, dataset_format, preprocessing, trainer, launch, sys; "
+        "print('\\n'.join(m.__file__ for m in (celeba_common, dataset_format, preprocessing, "
+        "trainer, launch)))",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     venv = os.path.dirname(os.path.dirname(image[0]))
     for path in proc.stdout.split():
@@ -129,8 +158,13 @@ def test_the_image_holds_every_package_and_no_checkout(image):
 
 
 def test_every_command_of_a_vertex_job_starts_from_the_image(image, records_dir, tmp_path):
-    flags = [f"--data_dir={records_dir}", "--weights=none", "--batch_size=8", "--head_units=8",
-             f"--feature_cache_dir={tmp_path / 'features'}"]
+    flags = [
+        f"--data_dir={records_dir}",
+        "--weights=none",
+        "--batch_size=8",
+        "--head_units=8",
+        f"--feature_cache_dir={tmp_path / 'features'}",
+    ]
     proc = _run(image, "-m", "trainer.extract_features", *flags)  # the sweep's GPU job
     assert proc.returncode == 0 and "features of the train and validation splits" in proc.stdout, proc.stderr[-3000:]
     proc = _run(image, "-m", "trainer.main", *flags, f"--model_dir={tmp_path / 'run'}", "--epochs=1")  # ENTRYPOINT
@@ -140,9 +174,15 @@ def test_every_command_of_a_vertex_job_starts_from_the_image(image, records_dir,
 
     python, env, cwd = image  # the data service pool's command: a server that keeps running until stopped
     port = free_port()
-    server = subprocess.Popen([python, "-m", "launch.data_service", "--num_workers=1", f"--port={port}"], cwd=cwd,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [python, "-m", "launch.data_service", "--num_workers=1", f"--port={port}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for_port(port, server, "launch.data_service")
     finally:

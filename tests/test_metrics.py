@@ -30,8 +30,12 @@ def test_classification_metrics():
     m = classification_metrics(probs, labels, attributes)
     assert m["accuracy"] == 0.6
     assert m["confusion_matrix"]["matrix"] == [[1, 1], [1, 2]]
-    assert m["per_class"]["male"] == {"precision": round(2 / 3, 5), "recall": round(2 / 3, 5),
-                                      "f1": round(2 / 3, 5), "support": 3}
+    assert m["per_class"]["male"] == {
+        "precision": round(2 / 3, 5),
+        "recall": round(2 / 3, 5),
+        "f1": round(2 / 3, 5),
+        "support": 3,
+    }
     assert m["attribute_slices"]["Eyeglasses"]["with"] == {"count": 2, "accuracy": 0.5}
     assert m["attribute_slices"]["Eyeglasses"]["without"] == {"count": 3, "accuracy": round(2 / 3, 5)}
     expected_loss = -np.mean(np.log([0.9, 0.3, 0.8, 0.4, 0.9]))
@@ -44,10 +48,21 @@ def test_learning_curves_are_drawn_after_the_first_and_last_epoch_and_then_at_mo
     report, png, history = EpochReport(str(tmp_path), str(tmp_path / "logs")), tmp_path / "learning_curves.png", []
     drawn = []
     for epoch in range(1, 5):
-        history.append({"epoch": epoch, "phase": "head", "loss": 1.0 / epoch, "accuracy": 0.5, "val_loss": 1.0 / epoch,
-                        "val_accuracy": 0.5, "lr": 1e-3, "epoch_seconds": 0.1,
-                        "train_seconds": 0.05, "images_per_sec": 1.0,
-                        "feature_cache": 1})
+        history.append(
+            {
+                "epoch": epoch,
+                "phase": "head",
+                "loss": 1.0 / epoch,
+                "accuracy": 0.5,
+                "val_loss": 1.0 / epoch,
+                "val_accuracy": 0.5,
+                "lr": 1e-3,
+                "epoch_seconds": 0.1,
+                "train_seconds": 0.05,
+                "images_per_sec": 1.0,
+                "feature_cache": 1,
+            }
+        )
         png.unlink(missing_ok=True)
         report.write(history, total_epochs=4)
         drawn.append(png.exists())

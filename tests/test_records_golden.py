@@ -1,4 +1,5 @@
 """The record bytes are a contract: the same flags give the same shards as the pinned build (tests/golden)."""
+
 import hashlib
 import json
 import os

@@ -61,8 +61,11 @@ def test_the_parse_spec_and_the_tfds_features_come_from_the_one_declaration():
         node = tfds
         for part in feature.key.split("/"):
             node = node["featuresDict"]["features"][part]
-        assert node["pythonClassName"].split(".")[-1].lower().replace("_", "") in \
-            {"image": "image", "text": "text", "scalar": "scalar", "class_label": "classlabel",
-             "tensor": "tensor"}[feature.tfds]
+        assert (
+            node["pythonClassName"].split(".")[-1].lower().replace("_", "")
+            in {"image": "image", "text": "text", "scalar": "scalar", "class_label": "classlabel", "tensor": "tensor"}[
+                feature.tfds
+            ]
+        )
     with pytest.raises(ValueError, match="image/attributes: expected 40 values, got 39"):
         schema.encode_example(b"jpeg", 32, 32, "a.jpg", 1, [0] * 39)

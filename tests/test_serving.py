@@ -1,4 +1,5 @@
 """The exported SavedModel serves raw image bytes (the transform in the graph) and already-transformed images."""
+
 import csv
 import json
 import os
@@ -58,15 +59,21 @@ def test_serving_default_takes_raw_bytes_and_agrees_with_predict(trained_run, le
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = {row["file"]: float(row["p_male"]) for row in csv.DictReader(open(tmp_path / "p.csv"))}
     json.dump(paths, open(tmp_path / "files.json", "w"))
-    served = subprocess.run([sys.executable, "-c", SERVE, os.path.join(model_dir, "export"),
-                             str(tmp_path / "files.json")], capture_output=True, text=True, timeout=300,
-                            cwd=str(tmp_path))
+    served = subprocess.run(
+        [sys.executable, "-c", SERVE, os.path.join(model_dir, "export"), str(tmp_path / "files.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert served.returncode == 0, served.stderr[-3000:]
     out = json.loads(served.stdout.strip().splitlines()[-1])
     assert {"serving_default", "serving_images"} <= set(out["signatures"])
     diff = np.abs(np.array(out["p_male"]) - np.array([expected[p] for p in paths]))
-    print(f"serving_default vs trainer.predict on {len(paths)} files: max |p_male difference| {diff.max():.5f}, "
-          f"mean {diff.mean():.5f}")
+    print(
+        f"serving_default vs trainer.predict on {len(paths)} files: max |p_male difference| {diff.max():.5f}, "
+        f"mean {diff.mean():.5f}"
+    )
     assert diff.max() <= TOLERANCE, f"max |difference| {diff.max():.4f} (file {paths[int(diff.argmax())]})"
     assert out["class"] == ["male" if p > 0.5 else "female" for p in out["p_male"]]
     np.testing.assert_allclose(out["sum"], 1.0, atol=1e-5)
@@ -74,9 +81,23 @@ def test_serving_default_takes_raw_bytes_and_agrees_with_predict(trained_run, le
     # here: no tensorflow-model-server package in the registries; tensorflow-serving-api is its client only).
     np.save(tmp_path / "in.npy", np.array([open(paths[2], "rb").read()], dtype="S"))
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    run = subprocess.run([cli, "run", "--dir", os.path.join(model_dir, "export"), "--tag_set", "serve",
-                          "--signature_def", "serving_default", "--inputs", f"image_bytes={tmp_path}/in.npy"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            cli,
+            "run",
+            "--dir",
+            os.path.join(model_dir, "export"),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image_bytes={tmp_path}/in.npy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     p_male = float(run.stdout.split("Result for output key p_male:")[1].split("[")[1].split("]")[0])
     assert abs(p_male - out["p_male"][2]) < 1e-5
@@ -97,9 +118,16 @@ def test_serving_images_matches_the_model_on_the_records(trained_run, learn_reco
 def test_saved_model_cli_lists_both_signatures(trained_run):
     model_dir, _ = trained_run
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    proc = subprocess.run([cli, "show", "--dir", os.path.join(model_dir, "export"), "--all"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [cli, "show", "--dir", os.path.join(model_dir, "export"), "--all"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for needle in ("signature_def['serving_default']", "image_bytes", "signature_def['serving_images']",
-                   "p_male", "probabilities", "class"):
+    for needle in (
+        "signature_def['serving_default']",
+        "image_bytes",
+        "signature_def['serving_images']",
+        "p_male",
+        "probabilities",
+        "class",
+    ):
         assert needle in proc.stdout, needle

@@ -21,7 +21,7 @@ def _rows(n=1000):
 
 
 def _wanted(groups):
-    return {(g.split, g.label): [r.name for r in g.candidates[:g.target]] for g in groups}
+    return {(g.split, g.label): [r.name for r in g.candidates[: g.target]] for g in groups}
 
 
 def test_parse_split_sizes():
@@ -69,12 +69,14 @@ def test_too_large_split_names_partition_and_count():
 def test_all_takes_every_image():
     groups = splits.select_candidates(_rows(), None, seed=1)
     assert [(g.split, g.target, len(g.candidates)) for g in groups] == [
-        ("train", None, 800), ("validation", None, 100), ("test", None, 100)]
+        ("train", None, 800),
+        ("validation", None, 100),
+        ("test", None, 100),
+    ]
 
 
 def test_balance_draws_equal_halves():
-    groups = splits.select_candidates(_rows(), {"train": 101, "validation": 20, "test": 20}, seed=1,
-                                      balance=True)
+    groups = splits.select_candidates(_rows(), {"train": 101, "validation": 20, "test": 20}, seed=1, balance=True)
     targets = {(g.split, g.label): g.target for g in groups}
     assert targets[("train", 0)] + targets[("train", 1)] == 101
     for g in groups:

@@ -1,5 +1,6 @@
 """The house rules (shared/ARCHITECTURE.md), checked on the source: layers point one way, flags live in entry
 points only, every CLI imports beside every other, functions stay short."""
+
 import ast
 import configparser
 import os
@@ -61,8 +62,12 @@ def test_flags_are_read_only_by_entry_points():
     readers = set()
     for module, _, tree in _modules():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id == "FLAGS" or \
-                    isinstance(node, ast.Attribute) and node.attr == "FLAGS":
+            if (
+                isinstance(node, ast.Name)
+                and node.id == "FLAGS"
+                or isinstance(node, ast.Attribute)
+                and node.attr == "FLAGS"
+            ):
                 readers.add(module)
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith("DEFINE_"):
                 readers.add(module)
@@ -71,11 +76,13 @@ def test_flags_are_read_only_by_entry_points():
 
 def test_every_cli_imports_together_and_defines_no_flag_at_import():
     modules = _entry_points()
-    code = ("import importlib, sys\nfrom absl import flags\n"
-            f"mods = [importlib.import_module(m) for m in {modules!r}]\n"
-            "assert all(callable(m.cli) for m in mods)\n"
-            "own = [f for f in flags.FLAGS if f in ('batch_size', 'model_dir', 'project', 'data_dir', 'dry_run')]\n"
-            "print('flags at import:', own)\n")
+    code = (
+        "import importlib, sys\nfrom absl import flags\n"
+        f"mods = [importlib.import_module(m) for m in {modules!r}]\n"
+        "assert all(callable(m.cli) for m in mods)\n"
+        "own = [f for f in flags.FLAGS if f in ('batch_size', 'model_dir', 'project', 'data_dir', 'dry_run')]\n"
+        "print('flags at import:', own)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "flags at import: []" in proc.stdout
@@ -101,8 +108,9 @@ def test_trainer_class_reads_in_one_sitting():
 def test_help_into_a_closed_pipe_is_no_error():
     """`python -m trainer.main --help | head -0`: the reader is gone before the help is printed; no BrokenPipeError
     traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.main", "--help"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.main", "--help"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()  # long before the flags are parsed
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
@@ -111,20 +119,30 @@ def test_help_into_a_closed_pipe_is_no_error():
 def test_help_exits_zero_for_every_cli():
     for module in _entry_points():
         for flag in ("--help", "-h"):
-            proc = subprocess.run([sys.executable, "-m", module, flag], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=120)
+            proc = subprocess.run(
+                [sys.executable, "-m", module, flag], cwd=ROOT, capture_output=True, text=True, timeout=120
+            )
             assert proc.returncode == 0, (module, flag, proc.stderr[-2000:])
             assert "flags:" in proc.stdout and "  --" in proc.stdout, (module, proc.stdout[-2000:])
 
 
 def test_bad_flags_and_missing_files_fail_before_tensorflow_starts(tmp_path):
     """The cheap checks come first: these errors never wait for TensorFlow's few seconds of start-up."""
-    cases = [("trainer.main", "--lr=0"), ("trainer.main", f"--data_dir={tmp_path}/nope"),
-             ("trainer.extract_features", "--batch_size=0"), ("trainer.predict", f"--model_dir={tmp_path}", "x.jpg"),
-             ("trainer.evaluate", f"--model_dir={tmp_path}")]
+    cases = [
+        ("trainer.main", "--lr=0"),
+        ("trainer.main", f"--data_dir={tmp_path}/nope"),
+        ("trainer.extract_features", "--batch_size=0"),
+        ("trainer.predict", f"--model_dir={tmp_path}", "x.jpg"),
+        ("trainer.evaluate", f"--model_dir={tmp_path}"),
+    ]
     for module, *args in cases:
-        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", module, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and lines[-1].startswith("error: "), (module, args, proc.stderr[-500:])
         imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
@@ -137,7 +155,10 @@ def test_the_fast_layer_starts_no_process():
     unmarked = []
     for path in sorted(pathlib.Path(ROOT, "tests").glob("test_*.py")):
         text = path.read_text()
-        if path.name != "test_structure.py" and "pytestmark = pytest.mark.slow" not in text and \
-                any(call in text for call in ("run_cli(", "subprocess.", "Popen(")):
+        if (
+            path.name != "test_structure.py"
+            and "pytestmark = pytest.mark.slow" not in text
+            and any(call in text for call in ("run_cli(", "subprocess.", "Popen("))
+        ):
             unmarked.append(path.name)
     assert not unmarked, unmarked

@@ -1,4 +1,5 @@
 """The records open with TFDS: builder_from_directory / tfds.load, with exact split infos and the right features."""
+
 import json
 import os
 import shutil
@@ -27,8 +28,12 @@ def test_tfds_opens_every_split_with_exact_counts_and_our_examples(learn_records
     assert label.names == list(schema.CLASS_NAMES)
     test = data.load(records_dir).records("test", with_extras=True)
     images, labels, extras = list(data.records_dataset_fn(test, data.InputSpec(100, False))())[0]
-    ours = {f: (i, y, a) for f, i, y, a in zip(extras["filename"].numpy(), images.numpy(),
-                                                np.argmax(labels.numpy(), -1), extras["attributes"].numpy())}
+    ours = {
+        f: (i, y, a)
+        for f, i, y, a in zip(
+            extras["filename"].numpy(), images.numpy(), np.argmax(labels.numpy(), -1), extras["attributes"].numpy()
+        )
+    }
     theirs = list(tfds.as_numpy(builder.as_dataset(split="test")))
     assert sorted(t["image"]["filename"] for t in theirs) == sorted(ours)
     for t in theirs:
@@ -47,14 +52,26 @@ def test_our_metadata_files_equal_what_tfds_write_metadata_writes(records_dir, t
         os.remove(copy / name)
     manifest = json.load(open(copy / "manifest.json"))
     size = manifest["image_size"]
-    features = tfds.features.FeaturesDict({"image": {
-        "encoded": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
-        "format": tfds.features.Text(), "filename": tfds.features.Text(),
-        "height": tfds.features.Scalar(dtype=np.int64), "width": tfds.features.Scalar(dtype=np.int64),
-        "class": {"label": tfds.features.ClassLabel(names=list(schema.CLASS_NAMES))},
-        "attributes": tfds.features.Tensor(shape=(40,), dtype=np.int64)}})
-    tfds.folder_dataset.write_metadata(data_dir=str(copy), features=features, filename_template=tfds_metadata.TEMPLATE,
-                                       check_data=False, description=tfds_metadata.DESCRIPTION)
+    features = tfds.features.FeaturesDict(
+        {
+            "image": {
+                "encoded": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+                "format": tfds.features.Text(),
+                "filename": tfds.features.Text(),
+                "height": tfds.features.Scalar(dtype=np.int64),
+                "width": tfds.features.Scalar(dtype=np.int64),
+                "class": {"label": tfds.features.ClassLabel(names=list(schema.CLASS_NAMES))},
+                "attributes": tfds.features.Tensor(shape=(40,), dtype=np.int64),
+            }
+        }
+    )
+    tfds.folder_dataset.write_metadata(
+        data_dir=str(copy),
+        features=features,
+        filename_template=tfds_metadata.TEMPLATE,
+        check_data=False,
+        description=tfds_metadata.DESCRIPTION,
+    )
     for name, content in tfds_metadata.files(manifest).items():
         theirs = (copy / name).read_bytes()
         if name.endswith(".json"):

@@ -9,8 +9,9 @@ from trainer import data
 
 
 def _context(pipelines, index):
-    return tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=index,
-                                      num_replicas_in_sync=pipelines)
+    return tf.distribute.InputContext(
+        num_input_pipelines=pipelines, input_pipeline_id=index, num_replicas_in_sync=pipelines
+    )
 
 
 def test_training_batches(records_dir):
@@ -86,12 +87,19 @@ def test_damaged_shard_is_named(records_dir, tmp_path, damage, needle):
 
 def _epoch_names(info, epoch, skip_steps=0, steps=15, augment=False):
     """The file names (and flipped-ness) a training epoch feeds, batch 8, 120 train images."""
-    make = data.records_dataset_fn(info.records("train", with_extras=True, augment=augment),
-                                   data.InputSpec(8, training=True, seed=7, epoch=epoch, skip_steps=skip_steps))
+    make = data.records_dataset_fn(
+        info.records("train", with_extras=True, augment=augment),
+        data.InputSpec(8, training=True, seed=7, epoch=epoch, skip_steps=skip_steps),
+    )
     out = []
     for images, _, extras in make().take(steps - skip_steps):
-        out += list(zip(extras["filename"].numpy(), images.numpy().sum(axis=(1, 2, 3)) if augment else [0] * 8,
-                        images.numpy()[:, 0, 0, 0]))
+        out += list(
+            zip(
+                extras["filename"].numpy(),
+                images.numpy().sum(axis=(1, 2, 3)) if augment else [0] * 8,
+                images.numpy()[:, 0, 0, 0],
+            )
+        )
     return out
 
 
@@ -108,5 +116,5 @@ def test_a_resumed_epoch_sees_exactly_the_rest_of_its_own_order(records_dir):
     info = data.load(records_dir)
     whole = _epoch_names(info, 3, augment=True)
     resumed = _epoch_names(info, 3, skip_steps=6, augment=True)
-    assert resumed == whole[6 * 8:]  # same examples, same order, same flips
-    assert sorted(n for n, *_ in whole[:6 * 8] + resumed) == sorted(n for n, *_ in whole)
+    assert resumed == whole[6 * 8 :]  # same examples, same order, same flips
+    assert sorted(n for n, *_ in whole[: 6 * 8] + resumed) == sorted(n for n, *_ in whole)

@@ -1,4 +1,5 @@
 """Model, precision and feature-cache behaviour, in process on the small records."""
+
 import os
 
 import keras
@@ -19,13 +20,21 @@ def policy():
 
 
 def _trainer(records_dir, tmp_path, **kw):
-    config = TrainConfig(data_dir=records_dir, model_dir=str(tmp_path / "m"), weights="none", batch_size=8,
-                         head_units=(16,), epochs=1, **kw)
+    config = TrainConfig(
+        data_dir=records_dir,
+        model_dir=str(tmp_path / "m"),
+        weights="none",
+        batch_size=8,
+        head_units=(16,),
+        epochs=1,
+        **kw,
+    )
     return Trainer(config)
 
 
-@pytest.mark.parametrize("precision,compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16"),
-                                               ("float32", "float32")])
+@pytest.mark.parametrize(
+    "precision,compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16"), ("float32", "float32")]
+)
 def test_precision_keeps_float32_variables_and_output(records_dir, tmp_path, policy, precision, compute):
     trainer = _trainer(records_dir, tmp_path, precision=precision)
     trainer.build()
@@ -122,35 +131,62 @@ def test_remote_model_dir(records_dir, policy):
     from celeba_common import fileio
 
     model_dir = "ram://trainer_test/run"
-    config = TrainConfig(data_dir=records_dir, model_dir=model_dir, weights="none", batch_size=8, head_units=(8,),
-                         epochs=2, steps_per_epoch=2)
+    config = TrainConfig(
+        data_dir=records_dir,
+        model_dir=model_dir,
+        weights="none",
+        batch_size=8,
+        head_units=(8,),
+        epochs=2,
+        steps_per_epoch=2,
+    )
     trainer = Trainer(config)
     trainer.train()
     trainer.evaluate_and_export()
-    for name in ("history.csv", "learning_curves.png", "metrics.json", "confusion_matrix.png", "model.keras",
-                 "export/saved_model.pb", "checkpoints/checkpoint"):
+    for name in (
+        "history.csv",
+        "learning_curves.png",
+        "metrics.json",
+        "confusion_matrix.png",
+        "model.keras",
+        "export/saved_model.pb",
+        "checkpoints/checkpoint",
+    ):
         assert fileio.exists(fileio.join(model_dir, name)), name
     assert not fileio.exists(fileio.join(model_dir, "feature_cache"))
-    assert [r["epoch"] for r in __import__("trainer.metrics", fromlist=["x"]).read_history(
-        fileio.join(model_dir, "history.csv"))] == ["1", "2"]
+    assert [
+        r["epoch"]
+        for r in __import__("trainer.metrics", fromlist=["x"]).read_history(fileio.join(model_dir, "history.csv"))
+    ] == ["1", "2"]
 
 
 def _history_after(records_dir, model_dir, **kw):
-    config = TrainConfig(data_dir=records_dir, model_dir=str(model_dir), weights="none", batch_size=8,
-                         head_units=(16,), epochs=2, precision="float32", **kw)
+    config = TrainConfig(
+        data_dir=records_dir,
+        model_dir=str(model_dir),
+        weights="none",
+        batch_size=8,
+        head_units=(16,),
+        epochs=2,
+        precision="float32",
+        **kw,
+    )
     trainer = Trainer(config)
     trainer.train()
     from trainer.metrics import read_history
 
-    return trainer, [{k: float(r[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
-                     for r in read_history(os.path.join(str(model_dir), "history.csv"))]
+    return trainer, [
+        {k: float(r[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        for r in read_history(os.path.join(str(model_dir), "history.csv"))
+    ]
 
 
 @pytest.mark.parametrize("feature_cache_mode", ["on", "off"])
 def test_many_steps_per_call_give_the_results_of_one_step_per_call(records_dir, tmp_path, feature_cache_mode):
     _, one = _history_after(records_dir, tmp_path / "one", steps_per_loop="1", feature_cache=feature_cache_mode)
-    trainer, many = _history_after(records_dir, tmp_path / "many", steps_per_loop="auto",
-                                   feature_cache=feature_cache_mode)
+    trainer, many = _history_after(
+        records_dir, tmp_path / "many", steps_per_loop="auto", feature_cache=feature_cache_mode
+    )
     assert trainer.loop_plan.steps > 1  # auto settled on several steps per call
     for a, b in zip(one, many):
         for key in a:
@@ -164,8 +200,18 @@ def test_a_stopped_epoch_on_resident_features_resumes_where_it_stopped(records_d
 
     settings = dict(feature_cache="on", steps_per_loop="1", dropout=0.0)
     _, whole = _history_after(records_dir, tmp_path / "whole", **settings)
-    first = Trainer(TrainConfig(data_dir=records_dir, model_dir=str(tmp_path / "cut"), weights="none", batch_size=8,
-                                head_units=(16,), epochs=2, precision="float32", **settings))
+    first = Trainer(
+        TrainConfig(
+            data_dir=records_dir,
+            model_dir=str(tmp_path / "cut"),
+            weights="none",
+            batch_size=8,
+            head_units=(16,),
+            epochs=2,
+            precision="float32",
+            **settings,
+        )
+    )
     first.sigterm.requested = True
     with pytest.raises(train_lib.Preempted, match="epoch 1, step 1;"):
         first.train()

@@ -1,4 +1,5 @@
 """trainer.main / evaluate / predict as a user runs them."""
+
 import csv
 import glob
 import json
@@ -48,8 +49,11 @@ def test_outputs(trained_run):
     # images/s measures the training steps alone; the epoch's seconds include extraction and validation
     assert all(0 < float(r["train_seconds"]) <= float(r["epoch_seconds"]) for r in rows)
     first = next(line for line in proc.stdout.splitlines() if line.startswith("epoch 1/60"))
-    assert re.search(rf"\(epoch {float(rows[0]['epoch_seconds']):.1f} s; training steps "
-                     rf"{float(rows[0]['train_seconds']):.1f} s, \d+ images/s\)$", first), first
+    assert re.search(
+        rf"\(epoch {float(rows[0]['epoch_seconds']):.1f} s; training steps "
+        rf"{float(rows[0]['train_seconds']):.1f} s, \d+ images/s\)$",
+        first,
+    ), first
     for name in ("learning_curves.png", "confusion_matrix.png"):
         image = Image.open(os.path.join(model_dir, name))
         assert image.size[0] > 300 and np.asarray(image.convert("L")).std() > 5
@@ -104,9 +108,20 @@ def test_predict_raw_files_agrees_with_records_and_saved_model(trained_run, lear
 
 
 def _train_cmd(data_dir, model_dir, *extra):
-    return [sys.executable, "-m", "trainer.main", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-            "--feature_cache=off", "--batch_size=16", "--steps_per_epoch=25", "--weights=none", "--head_units=16",
-            "--noexport", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        "--feature_cache=off",
+        "--batch_size=16",
+        "--steps_per_epoch=25",
+        "--weights=none",
+        "--head_units=16",
+        "--noexport",
+        *extra,
+    ]
 
 
 def test_resume_after_sigkill(records_dir, tmp_path):
@@ -125,8 +140,9 @@ def test_resume_after_sigkill(records_dir, tmp_path):
     assert resumed and 1 <= int(resumed[0]) < 4, again.stdout
     assert [int(r["epoch"]) for r in _history(model_dir)] == [1, 2, 3, 4]
     assert f"epoch {int(resumed[0]) + 1}/4  loss" in again.stdout
-    fresh = subprocess.run(cmd[:-1] + ["--epochs=1", "--fresh"], cwd=ROOT, capture_output=True, text=True,
-                           env=env, timeout=600)
+    fresh = subprocess.run(
+        cmd[:-1] + ["--epochs=1", "--fresh"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+    )
     assert fresh.returncode == 0 and "Resumed" not in fresh.stdout
     assert [int(r["epoch"]) for r in _history(model_dir)] == [1]
 
@@ -145,25 +161,39 @@ def test_sigterm_saves_and_exits_cleanly(records_dir, tmp_path):
 
 def test_fine_tune_phase(records_dir, tmp_path):
     model_dir = str(tmp_path / "ft")
-    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={model_dir}", "--epochs=1",
-                   "--fine_tune_from=block5_conv1", "--fine_tune_epochs=1", "--steps_per_epoch=3",
-                   "--batch_size=8", "--weights=none", "--head_units=8", "--noexport")
+    proc = run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        f"--model_dir={model_dir}",
+        "--epochs=1",
+        "--fine_tune_from=block5_conv1",
+        "--fine_tune_epochs=1",
+        "--steps_per_epoch=3",
+        "--batch_size=8",
+        "--weights=none",
+        "--head_units=8",
+        "--noexport",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["phase"] for r in _history(model_dir)] == ["head", "fine_tune"]
     assert [float(r["lr"]) for r in _history(model_dir)] == [1e-4, 1e-5]
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--batch_size=0"], ["--batch_size=0"]),
-    (["--lr=0"], ["--lr=0"]),
-    (["--lr=-1"], ["--lr=-1"]),
-    (["--precision=fp8"], ["--precision=fp8"]),
-    (["--strategy=tpu_pod"], ["--strategy=tpu_pod"]),
-    (["--fine_tune_epochs=2"], ["--fine_tune_from"]),
-    (["--weights=/no/such/weights.h5"], ["/no/such/weights.h5"]),
-    (["--seed=-1"], ["--seed=-1", "range"]),
-    (["--seed=99999999999999999999"], ["--seed=99999999999999999999"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--batch_size=0"], ["--batch_size=0"]),
+        (["--lr=0"], ["--lr=0"]),
+        (["--lr=-1"], ["--lr=-1"]),
+        (["--precision=fp8"], ["--precision=fp8"]),
+        (["--strategy=tpu_pod"], ["--strategy=tpu_pod"]),
+        (["--fine_tune_epochs=2"], ["--fine_tune_from"]),
+        (["--weights=/no/such/weights.h5"], ["/no/such/weights.h5"]),
+        (["--seed=-1"], ["--seed=-1", "range"]),
+        (["--seed=99999999999999999999"], ["--seed=99999999999999999999"]),
+    ],
+)
 def test_bad_flags(records_dir, tmp_path, args, needles):
     proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", f"--model_dir={tmp_path / 'm'}", *args)
     assert_one_line_error(proc, *needles)
@@ -200,21 +230,33 @@ def test_predict_and_evaluate_bad_input(trained_run, tmp_path):
     fifo, link = tmp_path / "fifo.jpg", tmp_path / "zero.jpg"
     os.mkfifo(fifo)
     os.symlink("/dev/zero", link)
-    proc = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(fifo), "/dev/zero", str(link),
-                   timeout=120)
+    proc = run_cli("-m", "trainer.predict", f"--model_dir={model_dir}", str(fifo), "/dev/zero", str(link), timeout=120)
     assert_one_line_error(proc, "3 of 3 files could not be predicted")
-    assert [line.split("\t")[2] for line in proc.stdout.strip().splitlines()] == \
-        ["not a regular file (a FIFO, device or socket)"] * 3
-    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={tmp_path}", str(garbage)),
-                          "model.keras")
+    assert [line.split("\t")[2] for line in proc.stdout.strip().splitlines()] == [
+        "not a regular file (a FIFO, device or socket)"
+    ] * 3
+    assert_one_line_error(run_cli("-m", "trainer.predict", f"--model_dir={tmp_path}", str(garbage)), "model.keras")
     assert_one_line_error(run_cli("-m", "trainer.evaluate", f"--model_dir={tmp_path}"), "--data_dir")
 
 
 def test_vertex_environment_sets_output_folders(records_dir, tmp_path):
-    env = {"AIP_MODEL_DIR": str(tmp_path / "aip_model"), "AIP_CHECKPOINT_DIR": str(tmp_path / "aip_ckpt"),
-           "AIP_TENSORBOARD_LOG_DIR": str(tmp_path / "aip_logs")}
-    proc = run_cli("-m", "trainer.main", f"--data_dir={records_dir}", "--epochs=1", "--steps_per_epoch=2",
-                   "--batch_size=8", "--weights=none", "--head_units=8", "--noexport", env=env)
+    env = {
+        "AIP_MODEL_DIR": str(tmp_path / "aip_model"),
+        "AIP_CHECKPOINT_DIR": str(tmp_path / "aip_ckpt"),
+        "AIP_TENSORBOARD_LOG_DIR": str(tmp_path / "aip_logs"),
+    }
+    proc = run_cli(
+        "-m",
+        "trainer.main",
+        f"--data_dir={records_dir}",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--batch_size=8",
+        "--weights=none",
+        "--head_units=8",
+        "--noexport",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.exists(tmp_path / "aip_model" / "history.csv")
     assert os.path.exists(tmp_path / "aip_model" / "metrics.json")

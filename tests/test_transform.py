@@ -47,8 +47,11 @@ def test_pad_keeps_everything_and_adds_black_bars():
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "I;16"])
 def test_any_mode_becomes_rgb(mode):
-    source = _gradient().convert(mode) if mode != "I;16" else Image.fromarray(
-        np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    source = (
+        _gradient().convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    )
     fmt = "JPEG" if mode in ("L", "CMYK") else "PNG"
     image = _decode(transform_image(_encode(source, fmt), Transform(32)))
     assert image.mode == "RGB" and image.size == (32, 32)
@@ -102,9 +105,12 @@ def test_the_transform_is_one_frozen_value_with_its_defaults_in_one_place():
         settings.image_size = 64
     config = Config(celeba_dir="x", output_dir="y")
     assert config.transform == Transform() == Transform(224, "crop", 95)  # the records job's flags take its defaults
-    for bad, needle in (({"image_size": 32, "resize_mode": "zoom", "jpeg_quality": 95}, "resize_mode 'zoom'"),
-                        ({"image_size": "32", "resize_mode": "crop", "jpeg_quality": 95}, "image_size '32'"),
-                        ({"image_size": 32, "resize_mode": "crop", "jpeg_quality": 101}, "jpeg_quality 101"),
-                        ({"image_size": 32, "resize_mode": "crop"}, "no jpeg_quality"), ([32], "not a JSON object")):
+    for bad, needle in (
+        ({"image_size": 32, "resize_mode": "zoom", "jpeg_quality": 95}, "resize_mode 'zoom'"),
+        ({"image_size": "32", "resize_mode": "crop", "jpeg_quality": 95}, "image_size '32'"),
+        ({"image_size": 32, "resize_mode": "crop", "jpeg_quality": 101}, "jpeg_quality 101"),
+        ({"image_size": 32, "resize_mode": "crop"}, "no jpeg_quality"),
+        ([32], "not a JSON object"),
+    ):
         with pytest.raises(ValueError, match=needle):
             Transform.from_dict(bad)

@@ -1,5 +1,6 @@
 """In-process unit tests of helpers that used to be reachable only through subprocesses: flags declared on
 dataclasses, the launch helpers and the precision choice."""
+
 import os
 
 import pytest
@@ -51,9 +52,18 @@ def test_check_choices_names_the_flag():
 
 
 def test_job_spec_pools_and_batch_check():
-    job = vertex.build_job(vertex.VertexJob(project="p", image_uri="img", accelerator_type="NVIDIA_L4",
-                                            accelerator_count=4, replica_count=3, base_output_dir="gs://b/r"),
-                           ["--batch_size=96"], "j")
+    job = vertex.build_job(
+        vertex.VertexJob(
+            project="p",
+            image_uri="img",
+            accelerator_type="NVIDIA_L4",
+            accelerator_count=4,
+            replica_count=3,
+            base_output_dir="gs://b/r",
+        ),
+        ["--batch_size=96"],
+        "j",
+    )
     pools = job["jobSpec"]["workerPoolSpecs"]
     assert [p["replicaCount"] for p in pools] == [1, 2]
     assert pools[1]["machineSpec"]["acceleratorCount"] == 4
@@ -83,10 +93,12 @@ def test_summarize_history_and_best_cell():
     assert summary["val_accuracy_highest"] == 0.8 and summary["val_loss_at_highest"] == 0.5
     assert summary["val_accuracy_converged"] == pytest.approx(0.725)
     assert summary["val_loss_converged"] == pytest.approx(0.575) and summary["epochs"] == 4
-    rows = [{"lr": 1e-3, "val_accuracy_converged": 0.9, "val_loss_converged": 0.4},
-            {"lr": 1e-2, "val_accuracy_converged": 0.9, "val_loss_converged": 0.3},
-            {"lr": 1e-4, "val_accuracy_converged": 0.8, "val_loss_converged": 0.1},
-            {"lr": 1e-1, "status": "failed"}]
+    rows = [
+        {"lr": 1e-3, "val_accuracy_converged": 0.9, "val_loss_converged": 0.4},
+        {"lr": 1e-2, "val_accuracy_converged": 0.9, "val_loss_converged": 0.3},
+        {"lr": 1e-4, "val_accuracy_converged": 0.8, "val_loss_converged": 0.1},
+        {"lr": 1e-1, "status": "failed"},
+    ]
     assert sweep.best_cell(rows)["lr"] == 1e-2  # equal accuracy: the lower loss wins
     assert sweep.best_cell([{"status": "failed"}]) is None
 
@@ -124,8 +136,9 @@ def test_feature_cache_key_follows_the_weights_file_content_and_the_records(reco
     assert cache_key(str(weights), "flatten", "float32", 42) != key
     assert cache_key("imagenet", "avg", "float32", 42) != cache_key("imagenet", "flatten", "float32", 42)
     other = data.load(learn_records, verify=False)  # other shards (same image size): another key
-    assert cache_layout.cache_key(cache_layout.key_facts(other.manifest, "imagenet", "flatten", "float32", 42)) != \
-        cache_key("imagenet", "flatten", "float32", 42)
+    assert cache_layout.cache_key(
+        cache_layout.key_facts(other.manifest, "imagenet", "flatten", "float32", 42)
+    ) != cache_key("imagenet", "flatten", "float32", 42)
 
 
 def test_the_sweep_finds_its_own_grids_features_in_a_shared_cache(records_dir, learn_records, tmp_path):
@@ -162,12 +175,17 @@ def test_the_sweep_finds_its_own_grids_features_in_a_shared_cache(records_dir, l
 
 def test_launchers_check_what_would_fail_only_in_the_cloud():
     """Trainer flags are parsed and checked before a Vertex job is built; a sweep grid lists each value once."""
-    for args, match in ((["--lr=nan"], "--lr=nan"), (["--bogus=1"], "bogus"), (["--epochs=2", "extra"], "extra"),
-                        (["--seed=-3"], "--seed")):
+    for args, match in (
+        (["--lr=nan"], "--lr=nan"),
+        (["--bogus=1"], "bogus"),
+        (["--epochs=2", "extra"], "extra"),
+        (["--seed=-3"], "--seed"),
+    ):
         with pytest.raises(UserError, match=match):
             vertex.check_trainer_flags(args)
-    vertex.check_trainer_flags(["--data_dir=gs://b/d", "--batch_size=64", "--lr=1e-4", "--fine_tune_from=block5_conv1",
-                                "--fine_tune_epochs=2"])
+    vertex.check_trainer_flags(
+        ["--data_dir=gs://b/d", "--batch_size=64", "--lr=1e-4", "--fine_tune_from=block5_conv1", "--fine_tune_epochs=2"]
+    )
     with pytest.raises(UserError, match="1e-03 is listed twice|0.001 is listed twice"):
         sweep.parse_grid(["1e-3", "1e-3"], ["8"])
     with pytest.raises(UserError, match="8 is listed twice"):
@@ -183,8 +201,10 @@ def test_small_inputs_that_used_to_end_in_a_traceback(tmp_path):
 
     path = str(tmp_path / "metrics.json")
     write_json(path, {"roc_auc": float("nan"), "rows": [float("inf"), 1.5]})  # a one-class test split
-    assert json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(c)) == {"roc_auc": None,
-                                                                                   "rows": [None, 1.5]}
+    assert json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(c)) == {
+        "roc_auc": None,
+        "rows": [None, 1.5],
+    }
     with pytest.raises(UserError, match="--direct_num_workers"):
         check_beam_args(["--direct_num_workers=-3"])
     check_beam_args(["--direct_num_workers=2"])
@@ -217,17 +237,35 @@ def test_the_fingerprint_keeps_the_keys_saved_checkpoints_hold():
     manifest = {"image_size": 32, "resize_mode": "crop", "jpeg_quality": 95, "splits": {"train": {}}}
     config = TrainConfig(weights="none", head_units=(8, 4))
     found = fingerprint(config, DatasetInfo("d", manifest), "float32")
-    assert sorted(found) == sorted([
-        "records", "image_size", "resize_mode", "jpeg_quality", "weights", "head_units", "dropout", "pooling",
-        "fine_tune_from", "precision", "lr", "fine_tune_lr", "batch_size", "seed", "shuffle_buffer", "augment"])
+    assert sorted(found) == sorted(
+        [
+            "records",
+            "image_size",
+            "resize_mode",
+            "jpeg_quality",
+            "weights",
+            "head_units",
+            "dropout",
+            "pooling",
+            "fine_tune_from",
+            "precision",
+            "lr",
+            "fine_tune_lr",
+            "batch_size",
+            "seed",
+            "shuffle_buffer",
+            "augment",
+        ]
+    )
     assert found["head_units"] == [8, 4] and found["weights"] == "none" and found["precision"] == "float32"
 
 
 def test_sweep_cells_have_typed_states_and_folders_of_their_own():
     assert sweep.cell_name(1e-4, 8) != sweep.cell_name(1.000001e-4, 8)  # `{lr:g}` gave both lr0.0001_bs8
     assert sweep.cell_name(1e-3, 8) == "lr0.001_bs8" and sweep.cell_name(3e-05, 16) == "lr3e-05_bs16"
-    assert "--lr=1.000001e-04" not in sweep.cell_args(1.000001e-4, 8, 2, "m", []) and \
-        "--lr=0.0001000001" in sweep.cell_args(1.000001e-4, 8, 2, "m", [])  # the rate itself, not 6 digits of it
+    assert "--lr=1.000001e-04" not in sweep.cell_args(
+        1.000001e-4, 8, 2, "m", []
+    ) and "--lr=0.0001000001" in sweep.cell_args(1.000001e-4, 8, 2, "m", [])  # the rate itself, not 6 digits of it
     cell = sweep.Cell(1e-3, 8, "out/lr0.001_bs8")
     assert cell.row()["status"] == "finished"
     cell.status, cell.detail = sweep.Status.FAILED, "error: --batch_size=8: too big"

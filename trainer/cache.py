@@ -5,6 +5,7 @@ Usage:
   python -m trainer.cache --clear=KEY          # remove one entry (or --clear=all; also removes abandoned temp folders)
   python -m trainer.cache --feature_cache_dir=gs://b/features
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,9 @@ from trainer.config import default_feature_cache_dir
 
 @dataclasses.dataclass
 class CacheCommand:
-    feature_cache_dir: str = option("", "The cache folder (default: the trainer's default, "
-                                    "~/.cache/celeba-tfrecords/features).")
+    feature_cache_dir: str = option(
+        "", "The cache folder (default: the trainer's default, ~/.cache/celeba-tfrecords/features)."
+    )
     clear: str = option("", "KEY: remove that entry; all: remove every entry.")
 
 
@@ -64,9 +66,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"removed {_entries(len(doomed))} ({sum(e['size'] for e in doomed) / 2**20:.1f} MB) from {root}")
         return 0
     for e in found:
-        print(f"{e['key']}  {e['size'] / 2**20:8.1f} MB  {','.join(e['splits']) or '-':<17} "
-              f"{e.get('image_size', '?')} px  weights={e.get('weights', '?')}  pooling={e.get('pooling', '?')}  "
-              f"{e.get('precision', '?')}  records={e.get('records', '?')}")
+        print(
+            f"{e['key']}  {e['size'] / 2**20:8.1f} MB  {','.join(e['splits']) or '-':<17} "
+            f"{e.get('image_size', '?')} px  weights={e.get('weights', '?')}  pooling={e.get('pooling', '?')}  "
+            f"{e.get('precision', '?')}  records={e.get('records', '?')}"
+        )
     print(f"{_entries(len(found))}, {sum(e['size'] for e in found) / 2**20:.1f} MB in {root}")
     return 0
 

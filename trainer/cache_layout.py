@@ -7,6 +7,7 @@
 trainer/feature_cache.py writes and reads entries (with TensorFlow); `python -m trainer.cache` and launch.sweep ask
 this module only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,14 @@ def key_facts(manifest: dict, weights: str, pooling: str, policy: str, seed: int
     """What determines the features: the records' shards (sha256) and image size, the backbone weights (a file's
     content, or imagenet), pooling, precision policy, and the seed when the weights are random."""
     shards = [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
-    return {"shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest(), "weights": weights_id(weights),
-            "pooling": pooling, "precision": policy, "seed": seed if weights.lower() == "none" else None,
-            "image_size": transform_of(manifest).image_size}
+    return {
+        "shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
+        "weights": weights_id(weights),
+        "pooling": pooling,
+        "precision": policy,
+        "seed": seed if weights.lower() == "none" else None,
+        "image_size": transform_of(manifest).image_size,
+    }
 
 
 def cache_key(facts: dict) -> str:
@@ -41,8 +47,11 @@ def serves(entry: str, facts: dict, unknown: tuple = ()) -> bool:
     """Whether the entry holds finished features (validation, the last split extracted) made with `facts`, leaving
     out the `unknown` ones: what launch.sweep, which does not know the GPU machine's precision, can ask."""
     found = read_info(entry)
-    return finished(entry, "validation") and found is not None and \
-        all(found.get(name) == value for name, value in facts.items() if name not in unknown)
+    return (
+        finished(entry, "validation")
+        and found is not None
+        and all(found.get(name) == value for name, value in facts.items() if name not in unknown)
+    )
 
 
 def worker_folder(split_path: str, pipeline_id: int, pipelines: int) -> str:
@@ -69,8 +78,12 @@ def damage(folder: str) -> Optional[str]:
         done = json.loads(fileio.read_bytes(fileio.join(folder, DONE)))
     except ValueError:  # not JSON, not UTF-8
         return "its _DONE marker is damaged"
-    if not isinstance(done, dict) or not isinstance(done.get("files"), dict) or \
-            not isinstance(done.get("parts"), int) or not isinstance(done.get("examples"), int):
+    if (
+        not isinstance(done, dict)
+        or not isinstance(done.get("files"), dict)
+        or not isinstance(done.get("parts"), int)
+        or not isinstance(done.get("examples"), int)
+    ):
         return "its _DONE marker is damaged or from an older version"
     found = [name for name in fileio.listdir(folder) if name != DONE]
     if sorted(found) != sorted(done["files"]):
@@ -96,5 +109,3 @@ def read_info(entry: str) -> Optional[dict]:
     except ValueError:  # not JSON, not UTF-8
         return None
     return facts if isinstance(facts, dict) else None
-
-

@@ -3,6 +3,7 @@
 A checkpoint holds the model, the optimizers and the loop position (epoch, step in it) plus the best val_loss so
 far; a second manager keeps the weights of the best epoch (Keras' restore_best_weights) across resumes.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,12 @@ class LoopState:
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
 
     def trackables(self) -> Dict[str, tf.Variable]:
-        return dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss,
-                    best_epoch=self.best_epoch)
+        return dict(
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            best_val_loss=self.best_val_loss,
+            best_epoch=self.best_epoch,
+        )
 
     def improve(self, epoch: int, val_loss: float) -> bool:
         """Records val_loss as the best so far when it is; returns whether it was."""
@@ -79,12 +84,14 @@ class Checkpoints:
         self.read_dir, self.write_dir, self.model, self.state = read_dir, write_dir, model, state
         with tf.device("CPU:0"):  # what the run was trained on and with (fingerprint.py), as JSON, in the checkpoint
             self.fingerprint = tf.Variable("", trainable=False, name="fingerprint")
-        self.checkpoint = tf.train.Checkpoint(model=model, **optimizers, **state.trackables(),
-                                              fingerprint=self.fingerprint)
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, **optimizers, **state.trackables(), fingerprint=self.fingerprint
+        )
         self._older = tf.train.Checkpoint(model=model, **optimizers, **state.trackables())  # saved without one
         self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=3)
-        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), fileio.join(write_dir, "best"),
-                                               max_to_keep=1)
+        self.best = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model), fileio.join(write_dir, "best"), max_to_keep=1
+        )
 
     @property
     def latest(self) -> Optional[str]:
@@ -106,13 +113,18 @@ class Checkpoints:
             except Exception as e:  # noqa: BLE001  (a cut file raises OpError, IndexError, ValueError...)
                 reason = " ".join(str(e).split())[:200]
                 if "shape" in reason.lower() and "mismatch" in reason.lower():
-                    raise UserError(f"checkpoint {path} does not fit this model ({reason}); pass --fresh to start "
-                                    f"over, or use another --model_dir") from None
-                LOG.warning("checkpoint %s is unreadable (%s: %s); trying the one before it", path,
-                            type(e).__name__, reason)
+                    raise UserError(
+                        f"checkpoint {path} does not fit this model ({reason}); pass --fresh to start "
+                        f"over, or use another --model_dir"
+                    ) from None
+                LOG.warning(
+                    "checkpoint %s is unreadable (%s: %s); trying the one before it", path, type(e).__name__, reason
+                )
         if candidates:
-            raise UserError(f"no readable checkpoint in {self.read_dir} (all {len(candidates)} are damaged); pass "
-                            f"--fresh to start over")
+            raise UserError(
+                f"no readable checkpoint in {self.read_dir} (all {len(candidates)} are damaged); pass "
+                f"--fresh to start over"
+            )
         return None
 
     def stored_fingerprint(self) -> Optional[dict]:
@@ -138,8 +150,9 @@ class Checkpoints:
             for temp in fileio.glob(fileio.join(manager.directory, "*_temp")):
                 fileio.delete_tree(temp)
             reason = " ".join(e.message.split(";")[-1].split()) or type(e).__name__
-            raise UserError(f"could not save a checkpoint in {manager.directory}: {reason}; the last complete "
-                            f"checkpoint is kept") from None
+            raise UserError(
+                f"could not save a checkpoint in {manager.directory}: {reason}; the last complete checkpoint is kept"
+            ) from None
 
     def restore_best(self) -> bool:
         """Loads the best epoch's weights (the chief's copy) into the model; False when there are none."""

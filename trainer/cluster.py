@@ -3,6 +3,7 @@
 Vertex AI describes a multi-replica job as CLUSTER_SPEC = {"cluster": {"workerpool0": [chief], "workerpool1":
 [workers...]}, "task": {"type": "workerpool0", "index": 0}}; TensorFlow wants TF_CONFIG with chief/worker tasks.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ def vertex_data_service(environ=None) -> str:
     except (ValueError, AttributeError):
         hosts = []
     if not hosts:
-        raise UserError("--data_service=vertex: CLUSTER_SPEC names no data service pool (launch.vertex "
-                        "--data_service_workers=N adds it)")
+        raise UserError(
+            "--data_service=vertex: CLUSTER_SPEC names no data service pool (launch.vertex "
+            "--data_service_workers=N adds it)"
+        )
     return f"grpc://{hosts[0].rsplit(':', 1)[0]}:{DATA_SERVICE_PORT}"
 
 
@@ -39,15 +42,20 @@ def vertex_data_service_replica(environ=None) -> Tuple[int, str]:
         index = int(spec["task"]["index"])
         return index, spec["cluster"][DATA_SERVICE_POOL][index].rsplit(":", 1)[0]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise UserError("--role=vertex: CLUSTER_SPEC does not name this replica of the data service pool "
-                        f"({DATA_SERVICE_POOL}); run it through launch.vertex --data_service_workers=N") from None
+        raise UserError(
+            "--role=vertex: CLUSTER_SPEC does not name this replica of the data service pool "
+            f"({DATA_SERVICE_POOL}); run it through launch.vertex --data_service_workers=N"
+        ) from None
 
 
 def cluster_spec_to_tf_config(cluster_spec: dict) -> dict:
     """Vertex AI's CLUSTER_SPEC -> TF_CONFIG (chief = workerpool0, workers = workerpool1, ...)."""
     try:
-        cluster = {_POOL_TO_TASK[pool]: list(hosts) for pool, hosts in cluster_spec["cluster"].items()
-                   if hosts and pool != DATA_SERVICE_POOL}
+        cluster = {
+            _POOL_TO_TASK[pool]: list(hosts)
+            for pool, hosts in cluster_spec["cluster"].items()
+            if hosts and pool != DATA_SERVICE_POOL
+        }
         task = cluster_spec["task"]
         return {"cluster": cluster, "task": {"type": _POOL_TO_TASK[task["type"]], "index": int(task["index"])}}
     except (KeyError, TypeError, ValueError) as e:
@@ -82,8 +90,10 @@ def _check_task(name: str, config: dict) -> None:
         raise UserError(f"{name}: 'task' must name a type of the cluster ({', '.join(cluster)})")
     index, hosts = task.get("index", 0), cluster[task["type"]]
     if not isinstance(index, int) or not 0 <= index < len(hosts):
-        raise UserError(f"{name}: task index {index!r} is out of range: the cluster has {len(hosts)} "
-                        f"{task['type']} task{'s' if len(hosts) != 1 else ''}")
+        raise UserError(
+            f"{name}: task index {index!r} is out of range: the cluster has {len(hosts)} "
+            f"{task['type']} task{'s' if len(hosts) != 1 else ''}"
+        )
 
 
 def num_tasks(config: Optional[dict]) -> int:
@@ -124,9 +134,11 @@ def check_cpu_devices(num_cpu_devices: int, config: Optional[dict]) -> None:
     """UserError for --num_cpu_devices > 1 in a cluster: MultiWorkerMirroredStrategy gives each worker one CPU device
     (on GPUs, each worker uses all of its GPUs), so the split would be silently ignored."""
     if num_cpu_devices > 1 and num_tasks(config) > 1:
-        raise UserError(f"--num_cpu_devices={num_cpu_devices} splits one process's CPU for MirroredStrategy; in a "
-                        f"cluster of {num_tasks(config)} tasks each worker uses one CPU device: drop the flag (or run "
-                        f"one process)")
+        raise UserError(
+            f"--num_cpu_devices={num_cpu_devices} splits one process's CPU for MirroredStrategy; in a "
+            f"cluster of {num_tasks(config)} tasks each worker uses one CPU device: drop the flag (or run "
+            f"one process)"
+        )
 
 
 def ensure_tf_config(environ=None) -> Optional[dict]:
@@ -141,6 +153,12 @@ def ensure_tf_config(environ=None) -> Optional[dict]:
 def vertex_defaults(environ=None) -> dict:
     """Output folders Vertex AI hands a job: AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR."""
     environ = os.environ if environ is None else environ
-    return {key: environ[var] for key, var in (("model_dir", "AIP_MODEL_DIR"),
-                                               ("checkpoint_dir", "AIP_CHECKPOINT_DIR"),
-                                               ("tensorboard_dir", "AIP_TENSORBOARD_LOG_DIR")) if environ.get(var)}
+    return {
+        key: environ[var]
+        for key, var in (
+            ("model_dir", "AIP_MODEL_DIR"),
+            ("checkpoint_dir", "AIP_CHECKPOINT_DIR"),
+            ("tensorboard_dir", "AIP_TENSORBOARD_LOG_DIR"),
+        )
+        if environ.get(var)
+    }

@@ -5,6 +5,7 @@
 
 Images stay uint8 all the way; the model converts and normalizes them itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,10 @@ def records_changed(info: DatasetInfo) -> bool:
 
 
 def changed_records_error(info: DatasetInfo) -> UserError:
-    return UserError(f"the records in {info.data_dir} changed while this run trained (rebuilt with --overwrite?); "
-                     f"the checkpoints so far are of the old records: rerun with --fresh to train on the new ones")
+    return UserError(
+        f"the records in {info.data_dir} changed while this run trained (rebuilt with --overwrite?); "
+        f"the checkpoints so far are of the old records: rerun with --fresh to train on the new ones"
+    )
 
 
 def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetInfo:
@@ -85,8 +88,13 @@ def load_for_training(data_dir: str, verify: bool, batch_size: int) -> DatasetIn
     for split, facts in info.manifest["splits"].items():
         labels = {int(k): v for k, v in (facts.get("labels") or {}).items() if v}
         if facts["num_examples"] and len(labels) == 1:
-            LOG.warning("the %s split of %s holds %s images only: a classifier cannot learn (or be judged) on one "
-                        "class; is the download complete?", split, data_dir, schema.CLASS_NAMES[next(iter(labels))])
+            LOG.warning(
+                "the %s split of %s holds %s images only: a classifier cannot learn (or be judged) on one "
+                "class; is the download complete?",
+                split,
+                data_dir,
+                schema.CLASS_NAMES[next(iter(labels))],
+            )
     return info
 
 
@@ -100,8 +108,10 @@ def _check_image_size(info: DatasetInfo) -> None:
     feature = tf.train.Example.FromString(first).features.feature
     height, width = feature[schema.HEIGHT_KEY].int64_list.value, feature[schema.WIDTH_KEY].int64_list.value
     if list(height) + list(width) != [info.image_size] * 2:
-        raise UserError(f"{info.data_dir}: the records hold {list(width)[:1]}x{list(height)[:1]} px images, but "
-                        f"manifest.json says {info.image_size} px; rebuild with --overwrite")
+        raise UserError(
+            f"{info.data_dir}: the records hold {list(width)[:1]}x{list(height)[:1]} px images, but "
+            f"manifest.json says {info.image_size} px; rebuild with --overwrite"
+        )
 
 
 def decode(serialized, image_size: int, with_extras: bool = False):
@@ -137,8 +147,14 @@ def epoch_seed(seed: Optional[int], epoch: int) -> Optional[int]:
     return None if seed is None else (seed * 1_000_003 + epoch) % (1 << 31)
 
 
-def _records(files: List[str], pipelines: int, pipeline_id: int, shuffle_seed: Optional[int], deterministic: bool,
-             shuffle_files: bool = False) -> tf.data.Dataset:
+def _records(
+    files: List[str],
+    pipelines: int,
+    pipeline_id: int,
+    shuffle_seed: Optional[int],
+    deterministic: bool,
+    shuffle_files: bool = False,
+) -> tf.data.Dataset:
     """The serialized records of this input pipeline's share: its own shards (FILE sharding), or every n-th record
     of all of them when there are fewer shards than pipelines; in file order unless `shuffle_files`."""
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -147,9 +163,13 @@ def _records(files: List[str], pipelines: int, pipeline_id: int, shuffle_seed: O
         ds = ds.shard(pipelines, pipeline_id)
     if shuffle_files:
         ds = ds.shuffle(len(files), seed=shuffle_seed)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
-                       cycle_length=max(1, min(len(files), 16)), block_length=1,
-                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        cycle_length=max(1, min(len(files), 16)),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     if not by_file:
         ds = ds.shard(pipelines, pipeline_id)
     return ds
@@ -160,6 +180,7 @@ class InputSpec:
     """How an input pipeline cuts one pass over its data, shared by the streamed records (records_dataset_fn) and
     the cached features (feature_cache.dataset_fn): the global batch; for training, the shuffle (its buffer, and the
     epoch's seed derived from the run's) and the resume point (the steps the epoch already trained)."""
+
     global_batch: int
     training: bool
     shuffle_buffer: int = 2048
@@ -179,8 +200,11 @@ class InputSpec:
         """(per-replica batch, number of input pipelines, this pipeline's index)."""
         if input_context is None:
             return self.global_batch, 1, 0
-        return (input_context.get_per_replica_batch_size(self.global_batch), input_context.num_input_pipelines,
-                input_context.input_pipeline_id)
+        return (
+            input_context.get_per_replica_batch_size(self.global_batch),
+            input_context.num_input_pipelines,
+            input_context.input_pipeline_id,
+        )
 
     def skip_examples(self, pipelines: int) -> int:
         """The examples this input pipeline already fed in the resumed epoch (its share of skip_steps batches)."""
@@ -191,8 +215,9 @@ class InputSpec:
         ds = ds.shuffle(self.shuffle_buffer, seed=self.shuffle_seed, reshuffle_each_iteration=True).repeat()
         return ds.skip(self.skip_examples(pipelines))
 
-    def batched(self, ds: tf.data.Dataset, batch: int, pipelines: int,
-                drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
+    def batched(
+        self, ds: tf.data.Dataset, batch: int, pipelines: int, drop_remainder: Optional[bool] = None
+    ) -> tf.data.Dataset:
         """Per-replica batches (partial ones dropped in training unless said otherwise), options, prefetch."""
         ds = ds.batch(batch, drop_remainder=self.training if drop_remainder is None else drop_remainder)
         options = tf.data.Options()
@@ -208,6 +233,7 @@ class RecordsInput:
     with or without the extras (file name, attributes); for training, seeded flips (`augment`), the decoded pixels
     kept in memory across epochs (`cache`), or the whole pipeline run by a tf.data service (`data_service`, its
     consumers sharing `job_name`)."""
+
     files: Sequence[str]
     image_size: int
     with_extras: bool = False
@@ -217,9 +243,12 @@ class RecordsInput:
     job_name: str = ""
 
 
-def records_dataset_fn(records: RecordsInput, spec: InputSpec,
-                       memory_cache: Optional[Dict[int, tf.data.Dataset]] = None,
-                       drop_remainder: Optional[bool] = None) -> Callable:
+def records_dataset_fn(
+    records: RecordsInput,
+    spec: InputSpec,
+    memory_cache: Optional[Dict[int, tf.data.Dataset]] = None,
+    drop_remainder: Optional[bool] = None,
+) -> Callable:
     """A dataset_fn(input_context) of the records, per-replica batches; usable with or without a strategy.
 
     Training pipelines follow `spec` (the epoch's order, resumed after its skip_steps: every example of the epoch
@@ -238,20 +267,30 @@ def records_dataset_fn(records: RecordsInput, spec: InputSpec,
             return _from_service(records, decode_fn, batch, spec.shuffle_buffer)
         if records.cache:  # decode once, keep the pixels; the shuffle comes after the cache, so each epoch differs
             if pipeline_id not in cached:
-                cached[pipeline_id] = _records(files, pipelines, pipeline_id, None, deterministic).map(
-                    decode_fn, num_parallel_calls=AUTOTUNE).cache()
+                cached[pipeline_id] = (
+                    _records(files, pipelines, pipeline_id, None, deterministic)
+                    .map(decode_fn, num_parallel_calls=AUTOTUNE)
+                    .cache()
+                )
             ds = cached[pipeline_id]
             if training:
                 ds = spec.shuffled(ds, pipelines)
         else:
-            ds = _records(files, pipelines, pipeline_id, spec.shuffle_seed if training else None, deterministic,
-                          shuffle_files=training)
+            ds = _records(
+                files,
+                pipelines,
+                pipeline_id,
+                spec.shuffle_seed if training else None,
+                deterministic,
+                shuffle_files=training,
+            )
             if training:
                 ds = spec.shuffled(ds, pipelines)
             ds = ds.map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if training and records.augment:  # flips seeded per epoch too, by position in the epoch
-            ds = ds.enumerate(start=spec.skip_examples(pipelines)).map(_seeded_flip(spec.shuffle_seed),
-                                                                      num_parallel_calls=AUTOTUNE)
+            ds = ds.enumerate(start=spec.skip_examples(pipelines)).map(
+                _seeded_flip(spec.shuffle_seed), num_parallel_calls=AUTOTUNE
+            )
         return spec.batched(ds, batch, pipelines, drop_remainder)
 
     return dataset_fn
@@ -274,8 +313,10 @@ def check_service(address: str, wait: float = SERVICE_WAIT_SECONDS["address"]) -
         except OSError as e:
             if time.monotonic() >= deadline:
                 reason = e.strerror or str(e)
-                raise UserError(f"--data_service={address}: no tf.data service dispatcher answers there ({reason}) "
-                                f"after {wait:.0f} s; start one with python -m launch.data_service") from None
+                raise UserError(
+                    f"--data_service={address}: no tf.data service dispatcher answers there ({reason}) "
+                    f"after {wait:.0f} s; start one with python -m launch.data_service"
+                ) from None
             time.sleep(1.0)
 
 
@@ -293,9 +334,13 @@ def _from_service(records: RecordsInput, decode_fn: Callable, batch: int, shuffl
     if records.augment:
         ds = ds.map(lambda image, label: (tf.image.random_flip_left_right(image), label), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).repeat()
-    ds = ds.apply(tf.data.experimental.service.distribute(
-        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=records.data_service,
-        job_name=records.job_name))
+    ds = ds.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+            service=records.data_service,
+            job_name=records.job_name,
+        )
+    )
     return ds.prefetch(AUTOTUNE)
 
 
@@ -309,9 +354,16 @@ def _seeded_flip(seed: Optional[int]) -> Callable:
     return flip
 
 
-def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool, epoch: int = 0,
-                         skip_steps: int = 0, with_extras: bool = False,
-                         memory_cache: Optional[Dict[int, tf.data.Dataset]] = None) -> Callable:
+def streaming_dataset_fn(
+    config,
+    info: DatasetInfo,
+    split: str,
+    training: bool,
+    epoch: int = 0,
+    skip_steps: int = 0,
+    with_extras: bool = False,
+    memory_cache: Optional[Dict[int, tf.data.Dataset]] = None,
+) -> Callable:
     """records_dataset_fn with a TrainConfig's settings (augment, --cache and --data_service apply to training only).
 
     A service job is named after the run folder, the epoch and the step it starts at: the input pipelines of every
@@ -319,7 +371,12 @@ def streaming_dataset_fn(config, info: DatasetInfo, split: str, training: bool, 
     job = hashlib.sha256(f"{config.model_dir}|{epoch}|{skip_steps}".encode()).hexdigest()[:16]
     num_train = info.num_examples("train")
     spec = InputSpec(config.batch_size, training, config.shuffle_buffer, config.seed, epoch, skip_steps)
-    records = info.records(split, with_extras=with_extras, augment=config.augment and training,
-                           cache=config.cache and training and fits_in_memory(num_train, info.image_size),
-                           data_service=config.data_service if training else "", job_name=f"celeba-train-{job}")
+    records = info.records(
+        split,
+        with_extras=with_extras,
+        augment=config.augment and training,
+        cache=config.cache and training and fits_in_memory(num_train, info.image_size),
+        data_service=config.data_service if training else "",
+        job_name=f"celeba-train-{job}",
+    )
     return records_dataset_fn(records, spec, memory_cache)

@@ -1,4 +1,5 @@
 """Choosing the tf.distribute strategy and the mixed-precision policy for the machine at hand."""
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,12 @@ def split_cpu(num_devices: int) -> None:
 def _cross_device_ops(name: str):
     import tensorflow as tf
 
-    return {"auto": None, "nccl": tf.distribute.NcclAllReduce(),
-            "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce(),
-            "reduction_to_one_device": tf.distribute.ReductionToOneDevice()}[name]
+    return {
+        "auto": None,
+        "nccl": tf.distribute.NcclAllReduce(),
+        "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce(),
+        "reduction_to_one_device": tf.distribute.ReductionToOneDevice(),
+    }[name]
 
 
 def make_strategy(name: str = "auto", cross_device_ops: str = "auto"):
@@ -58,8 +62,7 @@ def make_strategy(name: str = "auto", cross_device_ops: str = "auto"):
             return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = [d.name for d in (gpus or cpus)]
-        return tf.distribute.MirroredStrategy(devices=devices,
-                                              cross_device_ops=_cross_device_ops(cross_device_ops))
+        return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=_cross_device_ops(cross_device_ops))
     return tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
 
 
@@ -67,8 +70,10 @@ def check_global_batch(strategy, batch_size: int) -> int:
     """The number of replicas in sync; UserError when the global batch does not split evenly over them."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise UserError(f"--batch_size={batch_size} does not divide by the {replicas} replicas in sync; use a "
-                        f"multiple of {replicas}")
+        raise UserError(
+            f"--batch_size={batch_size} does not divide by the {replicas} replicas in sync; use a "
+            f"multiple of {replicas}"
+        )
     return replicas
 
 
@@ -99,8 +104,9 @@ class Votes:
 
         @tf.function
         def vote(value):
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(first_local_replica_only, args=(value,)),
-                                   axis=None)
+            return strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(first_local_replica_only, args=(value,)), axis=None
+            )
 
         self._vote, self._tf = vote, tf
         self.workers = max(1, strategy.num_replicas_in_sync // local)
@@ -136,10 +142,15 @@ def meet(make: Callable[[], object], wait_seconds: float) -> Tuple[object, Votes
     workers = cluster.num_tasks(cluster.tf_config())
     watchdog = None
     if workers > 1:
-        message = (f"error: not every worker of the {workers}-task cluster joined within {wait_seconds:g} s "
-                   f"(--cluster_wait); check that each task of TF_CONFIG / CLUSTER_SPEC was started and can be reached")
-        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(wait_seconds), message],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        message = (
+            f"error: not every worker of the {workers}-task cluster joined within {wait_seconds:g} s "
+            f"(--cluster_wait); check that each task of TF_CONFIG / CLUSTER_SPEC was started and can be reached"
+        )
+        watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(wait_seconds), message],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
     try:
         strategy = make()
         votes = Votes(strategy)
@@ -186,8 +197,7 @@ def choose_precision(requested: str = "auto") -> str:
         return "mixed_bfloat16"
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
-        capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
-                        for g in gpus]
+        capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) for g in gpus]
         return "mixed_float16" if all(c and c[0] >= 7 for c in capabilities) else "float32"
     return "mixed_bfloat16" if _cpu_has_bf16() else "float32"
 

@@ -5,6 +5,7 @@ Usage:
 
 Prints accuracy, loss and ROC AUC, and writes metrics_<split>.json and confusion_matrix_<split>.png in model_dir.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,12 @@ class EvaluateConfig:
     data_dir: Optional[str] = option(None, "Dataset to evaluate on (default: the one the model was trained on).")
     split: str = option("test", "Split to evaluate.", choices=SPLITS)
     batch_size: int = option(64, "Global batch size (all replicas together).", lower_bound=1)
-    num_cpu_devices: int = option(0, "Split the CPU into N logical devices (MirroredStrategy without GPUs); with "
-                                  "GPUs, every GPU of this machine evaluates.", lower_bound=0)
+    num_cpu_devices: int = option(
+        0,
+        "Split the CPU into N logical devices (MirroredStrategy without GPUs); with "
+        "GPUs, every GPU of this machine evaluates.",
+        lower_bound=0,
+    )
 
 
 def run(config: EvaluateConfig) -> dict:
@@ -54,8 +59,10 @@ def run(config: EvaluateConfig) -> dict:
 
     trained = trained_transform(config.model_dir)
     if trained and trained != info.transform:  # same size, another crop or JPEG quality: wrong, not failing
-        raise UserError(f"the model was trained on records made with {trained.describe()}, but {data_dir} holds "
-                        f"records made with {info.transform.describe()}")
+        raise UserError(
+            f"the model was trained on records made with {trained.describe()}, but {data_dir} holds "
+            f"records made with {info.transform.describe()}"
+        )
     result = evaluate_model(model, info, config.split, config.batch_size, strategy)
     result["replicas"] = strategy.num_replicas_in_sync
     result["data_dir"] = data_dir
@@ -70,9 +77,11 @@ def main(argv: Sequence[str]) -> int:
     result = run(config)
     split = config.split
     replicas = result["replicas"]
-    print(f"{split} accuracy {result[f'{split}_accuracy']:.4f}  loss {result[f'{split}_loss']:.4f}  "
-          f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images from {result['data_dir']}; "
-          f"{replicas} replica{'s' if replicas != 1 else ''})")
+    print(
+        f"{split} accuracy {result[f'{split}_accuracy']:.4f}  loss {result[f'{split}_loss']:.4f}  "
+        f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images from {result['data_dir']}; "
+        f"{replicas} replica{'s' if replicas != 1 else ''})"
+    )
     return 0
 
 

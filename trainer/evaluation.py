@@ -3,6 +3,7 @@
 trainer.main calls these at the end of a run and trainer.evaluate calls them on a saved model; neither needs the
 training loop for it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,26 +55,34 @@ class Validation:
         """(val_loss, val_accuracy)."""
         config = self.config
         if on_cached_features:
-            dataset_fn = feature_cache.dataset_fn(self.features.split_path("validation"),
-                                                  data.InputSpec(config.batch_size, training=False))
+            dataset_fn = feature_cache.dataset_fn(
+                self.features.split_path("validation"), data.InputSpec(config.batch_size, training=False)
+            )
             which, net = "head", model_lib.head_model(self.net)
         else:
             dataset_fn = data.streaming_dataset_fn(config, self.info, "validation", training=False)
             which, net = "model", self.net
         if which not in self._evaluators:
             self._evaluators[which] = make_evaluate(self.strategy, net)
-        return evaluate_distributed(self.strategy, self._evaluators[which], dataset_fn,
-                                    self.info.num_examples("validation"))
+        return evaluate_distributed(
+            self.strategy, self._evaluators[which], dataset_fn, self.info.num_examples("validation")
+        )
 
 
 def run_facts(config, info: data.DatasetInfo, strategy, policy: str, best_epoch) -> Dict:
     """What metrics.json says about the run besides the metrics."""
     from trainer import distribute
 
-    return {"best_epoch": best_epoch, "precision": policy, "strategy": distribute.strategy_name(strategy),
-            "replicas": strategy.num_replicas_in_sync, "flags": jsonable(dataclasses.asdict(config)),
-            "image_size": info.image_size, "data_dir": config.data_dir,
-            "transform": info.transform.as_dict()}
+    return {
+        "best_epoch": best_epoch,
+        "precision": policy,
+        "strategy": distribute.strategy_name(strategy),
+        "replicas": strategy.num_replicas_in_sync,
+        "flags": jsonable(dataclasses.asdict(config)),
+        "image_size": info.image_size,
+        "data_dir": config.data_dir,
+        "transform": info.transform.as_dict(),
+    }
 
 
 def outputs_written(config) -> bool:
@@ -91,17 +100,21 @@ def finished_message(config) -> str:
         metrics = {}
     split = metrics.get("split", "test")
     score = f", {split} accuracy {metrics[f'{split}_accuracy']:.4f}" if f"{split}_accuracy" in metrics else ""
-    return (f"{config.model_dir} holds a finished run ({total} epoch{'s' if total != 1 else ''}{score}); nothing to "
-            f"do. Pass a larger --epochs to train on, --reevaluate to evaluate and export again, or --fresh to start "
-            f"over")
+    return (
+        f"{config.model_dir} holds a finished run ({total} epoch{'s' if total != 1 else ''}{score}); nothing to "
+        f"do. Pass a larger --epochs to train on, --reevaluate to evaluate and export again, or --fresh to start "
+        f"over"
+    )
 
 
 def save_evaluation(result: Dict, model_dir: str, suffix: str = "") -> None:
     """metrics<suffix>.json and confusion_matrix<suffix>.png in model_dir."""
     write_json(fileio.join(model_dir, f"metrics{suffix}.json"), result)
-    metrics_lib.plot_confusion_matrix(result["confusion_matrix"]["matrix"],
-                                      fileio.join(model_dir, f"confusion_matrix{suffix}.png"),
-                                      f"{result['split']} confusion matrix")
+    metrics_lib.plot_confusion_matrix(
+        result["confusion_matrix"]["matrix"],
+        fileio.join(model_dir, f"confusion_matrix{suffix}.png"),
+        f"{result['split']} confusion matrix",
+    )
 
 
 def export(net: keras.Model, model_dir: str, info: data.DatasetInfo) -> None:
@@ -134,8 +147,10 @@ def export(net: keras.Model, model_dir: str, info: data.DatasetInfo) -> None:
             if fileio.exists(partial):
                 fileio.delete_tree(partial) if fileio.isdir(partial) else fileio.remove(partial)
         reason = getattr(e, "strerror", None) or " ".join(str(getattr(e, "message", e)).split(";")[-1].split())
-        raise UserError(f"could not export the model into {model_dir}: {reason}; the checkpoints are complete: "
-                        f"make room and rerun the same command to evaluate and export") from None
+        raise UserError(
+            f"could not export the model into {model_dir}: {reason}; the checkpoints are complete: "
+            f"make room and rerun the same command to evaluate and export"
+        ) from None
 
 
 def weights_checksum(net: keras.Model) -> str:

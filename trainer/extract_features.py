@@ -7,6 +7,7 @@ It takes trainer.main's flags, so the cache key (records, weights, pooling, prec
 same flags will look up; --lr, --batch_size and the head do not enter it. Every run or sweep cell after it trains
 the head on the saved features from its first epoch.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -33,8 +34,10 @@ def main(argv: Sequence[str]) -> int:
     from trainer import feature_cache
 
     if not feature_cache.wanted(config):
-        raise UserError("the feature cache does not apply to these flags (--feature_cache=off, --augment or "
-                        "--epochs=0): nothing to extract")
+        raise UserError(
+            "the feature cache does not apply to these flags (--feature_cache=off, --augment or "
+            "--epochs=0): nothing to extract"
+        )
     from trainer.train import Trainer
 
     trainer = Trainer(config)

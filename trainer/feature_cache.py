@@ -13,6 +13,7 @@ The _DONE marker written last holds every file's size and sha256; each run check
 a damaged one (a flipped byte, a cut file, a lost part) is computed again, never trusted (trainer/cache_layout.py).
 `python -m trainer.cache` lists and clears the cache.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -59,8 +60,9 @@ def _save_part(folder: str, index: int, features: List[np.ndarray], labels: List
     return len(part[1])
 
 
-def extract(strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, split: str, path: str,
-            batch_size: int) -> None:
+def extract(
+    strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, split: str, path: str, batch_size: int
+) -> None:
     """Runs the backbone over the split on every replica; each worker saves the features of its own input shard.
 
     Every worker must call this together (the distributed iterator synchronizes them).
@@ -168,8 +170,9 @@ class Resident:
     no iterator call per step. This is the path that keeps a GPU busy at head-training speed.
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, arrays: tuple, pipeline_id: int, global_batch: int,
-                 num_workers: int):
+    def __init__(
+        self, strategy: tf.distribute.Strategy, arrays: tuple, pipeline_id: int, global_batch: int, num_workers: int
+    ):
         self.strategy, (self.features, self.labels), self.pipeline_id = strategy, arrays, pipeline_id
         self.replicas = strategy.num_replicas_in_sync // num_workers  # on this worker
         self.batch = global_batch // strategy.num_replicas_in_sync
@@ -180,10 +183,11 @@ class Resident:
         rng = np.random.default_rng([seed, self.pipeline_id])
         order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * per_step // n))])
         # step s, replica r takes the r-th batch of the step's share, as an input pipeline would hand them out
-        matrices = order[:steps * per_step].reshape(steps, self.replicas, self.batch).transpose(1, 0, 2)
+        matrices = order[: steps * per_step].reshape(steps, self.replicas, self.batch).transpose(1, 0, 2)
         dist = self.strategy.distribute_datasets_from_function(
             lambda _: tf.data.Dataset.from_tensor_slices(matrices.astype(np.int32)),
-            tf.distribute.InputOptions(experimental_fetch_to_device=False))
+            tf.distribute.InputOptions(experimental_fetch_to_device=False),
+        )
         return next(iter(dist))
 
 
@@ -193,8 +197,17 @@ class FeatureCache:
     Each worker keeps the features of its own input shard (worker-I-of-N), the same shard its input pipeline reads.
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, root: str,
-                 facts: dict, batch_size: int, worker_index: int = 0, num_workers: int = 1):
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        net: keras.Model,
+        info: data.DatasetInfo,
+        root: str,
+        facts: dict,
+        batch_size: int,
+        worker_index: int = 0,
+        num_workers: int = 1,
+    ):
         self.strategy, self.net, self.info, self.batch_size = strategy, net, info, batch_size
         self.votes = distribute.Votes(strategy)
         self.root, self.path, self.facts = root, fileio.join(root, cache_key(facts)), facts
@@ -226,8 +239,7 @@ class FeatureCache:
         if not self._resident_decided:
             arrays = _in_memory(worker_folder(self.split_path("train"), self.worker_index, self.num_workers))
             if not self.votes.any_worker(arrays is None):
-                self._resident = Resident(self.strategy, arrays, self.worker_index, self.batch_size,
-                                          self.num_workers)
+                self._resident = Resident(self.strategy, arrays, self.worker_index, self.batch_size, self.num_workers)
             self._resident_decided = True
         return self._resident
 
@@ -235,13 +247,25 @@ class FeatureCache:
         """info.json next to the splits: what the key stands for (for `python -m trainer.cache`)."""
         info = fileio.join(self.path, INFO)
         if self.worker_index == 0 and read_info(self.path) is None:
-            fileio.write_bytes(info, json.dumps({**self.facts, "records": self.info.data_dir,
-                                                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1).encode())
+            fileio.write_bytes(
+                info,
+                json.dumps(
+                    {**self.facts, "records": self.info.data_dir, "created": time.strftime("%Y-%m-%d %H:%M:%S")},
+                    indent=1,
+                ).encode(),
+            )
 
 
-def for_run(config, strategy: tf.distribute.Strategy, net: keras.Model, info: data.DatasetInfo, policy: str,
-            worker_index: int, num_workers: int) -> FeatureCache:
-    """The feature cache of a training run: in --feature_cache_dir (shared), keyed by what decides the features."""
+def for_run(
+    config,
+    strategy: tf.distribute.Strategy,
+    net: keras.Model,
+    info: data.DatasetInfo,
+    policy: str,
+    workers: Tuple[int, int],
+) -> FeatureCache:
+    """The feature cache of a training run: in --feature_cache_dir (shared), keyed by what decides the features;
+    `workers`: (this worker's index, the number of workers)."""
     facts = key_facts(info.manifest, config.weights, config.pooling, policy, config.seed)
     root = config.feature_cache_dir or default_feature_cache_dir()
-    return FeatureCache(strategy, net, info, root, facts, config.batch_size, worker_index, num_workers)
+    return FeatureCache(strategy, net, info, root, facts, config.batch_size, *workers)

@@ -5,6 +5,7 @@ The fingerprint is the records' content, their image transform, and every TrainC
 resume="fixed" (trainer/config.py); the fields declared resume="free" may change on resume (config.resume_rules;
 README.md lists them, and tests/test_units.py keeps that list equal to them).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,11 +25,18 @@ def fingerprint(config: TrainConfig, info: data.DatasetInfo, policy: str) -> dic
     """What the run's checkpoints mean: the records' content and transform, and the resume="fixed" settings (the
     weights as their content's id, the precision as the policy `auto` resolved to)."""
     fixed, _ = resume_rules()
-    settings = {name: list(value) if isinstance(value, tuple) else value
-                for name, value in ((name, getattr(config, name)) for name in fixed)}
+    settings = {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in ((name, getattr(config, name)) for name in fixed)
+    }
     manifest = json.dumps(info.manifest["splits"], sort_keys=True).encode()
-    return {"records": hashlib.sha256(manifest).hexdigest()[:16], **info.transform.as_dict(), **settings,
-            "weights": weights_id(config.weights), "precision": policy}
+    return {
+        "records": hashlib.sha256(manifest).hexdigest()[:16],
+        **info.transform.as_dict(),
+        **settings,
+        "weights": weights_id(config.weights),
+        "precision": policy,
+    }
 
 
 def read_run(model_dir: str) -> Optional[dict]:
@@ -55,8 +63,9 @@ def trained_transform(model_dir: str) -> Optional[Transform]:
     try:
         return Transform.from_dict(recorded)
     except ValueError as e:
-        raise UserError(f"{model_dir} records a damaged image transform ({e}); retrain it with python -m "
-                        f"trainer.main --fresh") from None
+        raise UserError(
+            f"{model_dir} records a damaged image transform ({e}); retrain it with python -m trainer.main --fresh"
+        ) from None
 
 
 def run_file_ok(model_dir: str) -> bool:
@@ -79,8 +88,10 @@ def check_resume(model_dir: str, current: dict, stored: Optional[dict] = None) -
         if key in stored and stored[key] != value:
             what = "the records (--data_dir holds other data)" if key == "records" else f"{key}={stored[key]}"
             now = "" if key == "records" else f", not {value}"
-            raise UserError(f"--model_dir={model_dir} holds a run trained with {what}{now}; resuming would mix two "
-                            f"runs: pass --fresh to start over, or use another --model_dir")
+            raise UserError(
+                f"--model_dir={model_dir} holds a run trained with {what}{now}; resuming would mix two "
+                f"runs: pass --fresh to start over, or use another --model_dir"
+            )
 
 
 def write_run(model_dir: str, current: dict, info: data.DatasetInfo) -> None:

@@ -7,6 +7,7 @@ over all workers (a collective), so every worker settles on the same N; loop bou
 everywhere, which preemption needs. Calls also end at every --checkpoint_steps multiple, at the epoch's end and at
 the profiler window's edges.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -40,7 +41,7 @@ class LoopPlan:
         n = min(self.steps, steps - step)
         if self.checkpoint_steps:
             n = min(n, self.checkpoint_steps - step % self.checkpoint_steps)
-        for edge in (self.profile or ()):  # a call ends right before the window opens and where it closes
+        for edge in self.profile or ():  # a call ends right before the window opens and where it closes
             for boundary in (edge - 1, edge):
                 if global_step < boundary:
                     n = min(n, boundary - global_step)

@@ -8,6 +8,7 @@ Usage:
 Then: python -m trainer.evaluate --model_dir=M, python -m trainer.predict --model_dir=M FILE...
 Every flag is a field of trainer.config.TrainConfig.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,21 +27,33 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
     """TrainConfig from the flags; on Vertex AI the AIP_* folders fill what the flags leave open."""
     vertex = cluster.vertex_defaults()
     model_dir = flag_values.model_dir or vertex.get("model_dir", DEFAULT_MODEL_DIR)
-    return from_flags(TrainConfig, flag_values, model_dir=model_dir, checkpoint_dir=vertex.get("checkpoint_dir"),
-                      tensorboard_dir=vertex.get("tensorboard_dir"))
+    return from_flags(
+        TrainConfig,
+        flag_values,
+        model_dir=model_dir,
+        checkpoint_dir=vertex.get("checkpoint_dir"),
+        tensorboard_dir=vertex.get("tensorboard_dir"),
+    )
+
+
+def _checked_config():
+    """The flags' TrainConfig once every check that needs no TensorFlow passed (bad flags and data folders fail in
+    a second), the run folder locked by the chief."""
+    config = config_from_flags()
+    # a remote path: TensorFlow's own filesystem (tf.io.gfile) from the first check on, the only gs:// client here
+    import_tensorflow_for_remote(config.data_dir, config.weights, writes=(config.model_dir, config.feature_cache_dir))
+    config.validate()
+    cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())
+    check_data_folder(config.data_dir, config.batch_size)
+    if cluster.is_chief(cluster.tf_config()):
+        runlock.hold(config.model_dir)
+    return config
 
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected argument {argv[1]}")
-    config = config_from_flags()
-    # a remote path: TensorFlow's own filesystem (tf.io.gfile) from the first check on, the only gs:// client here
-    import_tensorflow_for_remote(config.data_dir, config.weights, writes=(config.model_dir, config.feature_cache_dir))
-    config.validate()  # before TensorFlow starts: bad flags and data folders fail in a second
-    cluster.check_cpu_devices(config.num_cpu_devices, cluster.ensure_tf_config())
-    check_data_folder(config.data_dir, config.batch_size)
-    if cluster.is_chief(cluster.tf_config()):
-        runlock.hold(config.model_dir)
+    config = _checked_config()
     import_tensorflow_quietly()
     from trainer import distribute
 
@@ -50,6 +63,8 @@ def main(argv: Sequence[str]) -> int:
     from trainer import evaluation
     from trainer.train import NonFiniteLoss, Preempted, Trainer
 
+    errors = tf.errors
+    lost = (errors.UnavailableError, errors.AbortedError, errors.CancelledError, errors.DeadlineExceededError)
     trainer = Trainer(config)
     try:
         trainer.train()
@@ -63,26 +78,37 @@ def main(argv: Sequence[str]) -> int:
     except Preempted as e:
         sys.stderr.write(f"{e}; rerun the same command to resume\n")
         return 143
-    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
-            tf.errors.DeadlineExceededError) as e:
+    except lost as e:  # a collective with a worker gone
         if trainer.num_workers < 2:
             raise
-        raise UserError(f"the cluster lost a worker ({type(e).__name__} in a collective); rerun the same command "
-                        f"on every worker to resume from the last checkpoint") from None
+        raise UserError(
+            f"the cluster lost a worker ({type(e).__name__} in a collective); rerun the same command "
+            f"on every worker to resume from the last checkpoint"
+        ) from None
     except tf.errors.DataLossError as e:  # a damaged shard read with --noverify_data
-        raise UserError(f"a shard of {config.data_dir} is damaged ({' '.join(e.message.split())[:160]}); run with "
-                        f"--verify_data (the default) to name it, or rebuild the records") from None
+        raise UserError(
+            f"a shard of {config.data_dir} is damaged ({' '.join(e.message.split())[:160]}); run with "
+            f"--verify_data (the default) to name it, or rebuild the records"
+        ) from None
     except NonFiniteLoss as e:
-        raise UserError(f"{e}; kept the last good checkpoint ({trainer.checkpoints.latest or 'none yet'}); try a "
-                        f"lower --lr, --precision=float32 or another --cross_device_ops") from None
+        raise UserError(
+            f"{e}; kept the last good checkpoint ({trainer.checkpoints.latest or 'none yet'}); try a "
+            f"lower --lr, --precision=float32 or another --cross_device_ops"
+        ) from None
     finally:
         trainer.cleanup()
-    split = result["split"]
     if trainer.is_chief:
-        print(f"{split} accuracy {result[f'{split}_accuracy']:.4f}  loss {result[f'{split}_loss']:.4f}  "
-              f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images)")
-        print(f"model, metrics and plots in {config.model_dir}")
+        _report(result, config.model_dir)
     return 0
+
+
+def _report(result: dict, model_dir: str) -> None:
+    split = result["split"]
+    print(
+        f"{split} accuracy {result[f'{split}_accuracy']:.4f}  loss {result[f'{split}_loss']:.4f}  "
+        f"ROC AUC {result['roc_auc']:.4f}  ({result['num_examples']} images)"
+    )
+    print(f"model, metrics and plots in {model_dir}")
 
 
 def cli() -> None:

@@ -1,5 +1,6 @@
 """What a run reports: test metrics (accuracy, per-class precision/recall, confusion matrix, ROC AUC, attribute
 slices), the per-epoch history (history.csv, learning curves, TensorBoard) and the plots."""
+
 from __future__ import annotations
 
 import csv
@@ -29,13 +30,14 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         j = i
         while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, attributes: np.ndarray,
-                           slices: Sequence[str] = ATTRIBUTE_NAMES) -> Dict:
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, attributes: np.ndarray, slices: Sequence[str] = ATTRIBUTE_NAMES
+) -> Dict:
     """Everything metrics.json reports about one split. probs: [N, 2]; labels: [N] 0/1; attributes: [N, 40] 0/1."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels).astype(int)
@@ -51,21 +53,30 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, attributes: np
         precision = tp / confusion[:, c].sum() if confusion[:, c].sum() else 0.0
         recall = tp / confusion[c, :].sum() if confusion[c, :].sum() else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(float(precision), 5), "recall": round(float(recall), 5),
-                           "f1": round(float(f1), 5), "support": int(confusion[c, :].sum())}
+        per_class[name] = {
+            "precision": round(float(precision), 5),
+            "recall": round(float(recall), 5),
+            "f1": round(float(f1), 5),
+            "support": int(confusion[c, :].sum()),
+        }
     attribute_slices = {}
     for name in slices:
         column = np.asarray(attributes)[:, ATTRIBUTE_NAMES.index(name)].astype(bool)
         attribute_slices[name] = {
             key: {"count": int(mask.sum()), "accuracy": round(float(correct[mask].mean()), 5) if mask.any() else None}
-            for key, mask in (("with", column), ("without", ~column))}
+            for key, mask in (("with", column), ("without", ~column))
+        }
     return {
         "accuracy": round(float(correct.mean()), 5) if len(labels) else 0.0,
         "loss": round(loss, 5),
         "num_examples": int(len(labels)),
         "per_class": per_class,
-        "confusion_matrix": {"labels": list(CLASS_NAMES), "rows": "true", "columns": "predicted",
-                             "matrix": confusion.tolist()},
+        "confusion_matrix": {
+            "labels": list(CLASS_NAMES),
+            "rows": "true",
+            "columns": "predicted",
+            "matrix": confusion.tolist(),
+        },
         "roc_auc": round(roc_auc(labels, probs[:, 1]), 5),
         "attribute_slices": attribute_slices,
     }
@@ -88,8 +99,15 @@ def plot_confusion_matrix(matrix: List[List[int]], path: str, title: str = "Test
     threshold = max(max(row) for row in matrix) / 2
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=12,
-                    color="white" if matrix[i][j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i][j]),
+                ha="center",
+                va="center",
+                fontsize=12,
+                color="white" if matrix[i][j] > threshold else "black",
+            )
     ax.set_xticks([0, 1], CLASS_NAMES)
     ax.set_yticks([0, 1], CLASS_NAMES)
     ax.set_xlabel("predicted")
@@ -102,8 +120,19 @@ def plot_confusion_matrix(matrix: List[List[int]], path: str, title: str = "Test
 
 # epoch_seconds: the whole epoch (feature extraction and validation included); train_seconds and
 # images_per_sec: its training steps only
-HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
-                  "train_seconds", "images_per_sec", "feature_cache")
+HISTORY_FIELDS = (
+    "epoch",
+    "phase",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "epoch_seconds",
+    "train_seconds",
+    "images_per_sec",
+    "feature_cache",
+)
 SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_sec", "epoch_seconds")
 
 
@@ -116,11 +145,18 @@ def read_history(path: str) -> List[dict]:
     try:
         rows = list(csv.DictReader(io.StringIO(fileio.read_bytes(path).decode())))
     except (UnicodeDecodeError, csv.Error) as e:
-        logging.getLogger("trainer").warning("%s is damaged (%s); its rows are dropped and it is written anew",
-                                             path, type(e).__name__)
+        logging.getLogger("trainer").warning(
+            "%s is damaged (%s); its rows are dropped and it is written anew", path, type(e).__name__
+        )
         return []
-    return [row for row in rows if None not in row.values() and row.get("epoch", "").isascii() and
-            row["epoch"].isdigit() and all(_number(row.get(key, "")) for key in SCALARS)]
+    return [
+        row
+        for row in rows
+        if None not in row.values()
+        and row.get("epoch", "").isascii()
+        and row["epoch"].isdigit()
+        and all(_number(row.get(key, "")) for key in SCALARS)
+    ]
 
 
 def _number(text: str) -> bool:
@@ -139,13 +175,24 @@ def write_history(path: str, rows: List[dict]) -> None:
     fileio.write_bytes(path, out.getvalue().encode())
 
 
+def running_figures(loss_sum: float, correct_sum: float, steps: int, batch_size: int, start: float) -> list:
+    """The progress bar's figures of an epoch so far: mean loss, accuracy, images per second since `start`."""
+    images = steps * batch_size
+    return [
+        ("loss", loss_sum / steps),
+        ("accuracy", correct_sum / images),
+        ("images/s", images / max(time.time() - start, 1e-9)),
+    ]
+
+
 def progress_bar(steps: int, is_chief: bool):
     """Keras' Progbar, live on the chief's terminal; silent in a log (the epoch's summary line is enough there) and
     on the other workers."""
     import keras
 
-    return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy", "images/s"],
-                               verbose=1 if is_chief and sys.stdout.isatty() else 0)
+    return keras.utils.Progbar(
+        steps, stateful_metrics=["loss", "accuracy", "images/s"], verbose=1 if is_chief and sys.stdout.isatty() else 0
+    )
 
 
 class Progress:
@@ -173,21 +220,38 @@ class Progress:
             self._logged = time.monotonic()
             rate = done / max(self._logged - self.start, 1e-9)
             left = max(self.target - done, 0) / max(rate, 1e-9)
-            self._log.info("%s: %d/%d %s (%.0f %s/s, about %s left)", self.what, done, self.target, self.unit, rate,
-                           self.unit, _duration(left))
+            self._log.info(
+                "%s: %d/%d %s (%.0f %s/s, about %s left)",
+                self.what,
+                done,
+                self.target,
+                self.unit,
+                rate,
+                self.unit,
+                _duration(left),
+            )
 
     def done(self, done: int) -> None:
         """The closing line: the count, the whole time, and the rate after the first batch (the steady rate)."""
         now = time.monotonic()
         first_time, first_done = self._first or (self.start, 0)
-        steady = (done - first_done) / max(now - first_time, 1e-9) if done > first_done else done / max(
-            now - self.start, 1e-9)
+        steady = (
+            (done - first_done) / max(now - first_time, 1e-9)
+            if done > first_done
+            else done / max(now - self.start, 1e-9)
+        )
         if self._bar is not None:
             self._bar.update(self.target, finalize=True)
         if self._log is not None or self._bar is not None:
-            logging.getLogger("trainer").info("%s: %d %s in %s (%.0f %s/s after the first batch, which traces)",
-                                              self.what, done, self.unit, _duration(now - self.start), steady,
-                                              self.unit)
+            logging.getLogger("trainer").info(
+                "%s: %d %s in %s (%.0f %s/s after the first batch, which traces)",
+                self.what,
+                done,
+                self.unit,
+                _duration(now - self.start),
+                steady,
+                self.unit,
+            )
 
 
 def _duration(seconds: float) -> str:
@@ -213,10 +277,13 @@ class EpochReport:
         import tensorflow as tf
 
         row = history[-1]
-        print(f"epoch {row['epoch']}/{total_epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
-              f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
-              f"(epoch {row['epoch_seconds']:.1f} s; training steps {row['train_seconds']:.1f} s, "
-              f"{row['images_per_sec']:.0f} images/s)", flush=True)
+        print(
+            f"epoch {row['epoch']}/{total_epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
+            f"(epoch {row['epoch_seconds']:.1f} s; training steps {row['train_seconds']:.1f} s, "
+            f"{row['images_per_sec']:.0f} images/s)",
+            flush=True,
+        )
         write_history(self.history_path, history)
         if int(row["epoch"]) == total_epochs or time.monotonic() - self._plotted >= self.PLOT_SECONDS:
             plot_learning_curves(history, fileio.join(self.model_dir, "learning_curves.png"))
@@ -247,12 +314,14 @@ def plot_learning_curves(history: List[dict], path: str) -> None:
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
-    best = min((r for r in history if r.get("val_loss") not in ("", None)), key=lambda r: float(r["val_loss"]),
-               default=None)
+    best = min(
+        (r for r in history if r.get("val_loss") not in ("", None)), key=lambda r: float(r["val_loss"]), default=None
+    )
     if best is not None:  # the epoch whose weights --restore_best keeps
         for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_accuracy")):
-            ax.plot([int(best["epoch"])], [float(best[key])], "r*", markersize=14,
-                    label=f"best (epoch {best['epoch']})")
+            ax.plot(
+                [int(best["epoch"])], [float(best[key])], "r*", markersize=14, label=f"best (epoch {best['epoch']})"
+            )
             ax.legend()
     fine_tune = [int(r["epoch"]) for r in history if r.get("phase") == "fine_tune"]
     if fine_tune:

@@ -4,6 +4,7 @@ The head is its own sub-model, so it can be trained on cached backbone features 
 model still holds the trained weights. VGG's input preprocessing is a layer of the model, so the exported model
 takes plain RGB images.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,13 +51,17 @@ def _backbone(image_size: int, weights: str) -> keras.Model:
     if kind not in ("imagenet", "none") and not os.path.exists(weights):
         raise UserError(f"--weights={weights}: no such file; {WEIGHTS_HELP}")
     try:
-        base = keras.applications.VGG16(include_top=False, input_shape=(image_size, image_size, 3),
-                                        weights="imagenet" if kind == "imagenet" else None)
+        base = keras.applications.VGG16(
+            include_top=False,
+            input_shape=(image_size, image_size, 3),
+            weights="imagenet" if kind == "imagenet" else None,
+        )
     except Exception as e:  # the download raises URLError/OSError/HTTPError/ValueError depending on the failure
         if kind != "imagenet":
             raise
-        raise UserError(f"could not download the VGG16 ImageNet weights ({_download_failure(e)}); "
-                        f"{WEIGHTS_HELP}") from None
+        raise UserError(
+            f"could not download the VGG16 ImageNet weights ({_download_failure(e)}); {WEIGHTS_HELP}"
+        ) from None
     if kind not in ("imagenet", "none"):
         try:
             base.load_weights(weights)
@@ -66,8 +71,14 @@ def _backbone(image_size: int, weights: str) -> keras.Model:
     return base
 
 
-def build_model(image_size: int, weights: str = "imagenet", head_units: Sequence[int] = (256,),
-                dropout: float = 0.5, pooling: str = "flatten", seed: Optional[int] = None) -> keras.Model:
+def build_model(
+    image_size: int,
+    weights: str = "imagenet",
+    head_units: Sequence[int] = (256,),
+    dropout: float = 0.5,
+    pooling: str = "flatten",
+    seed: Optional[int] = None,
+) -> keras.Model:
     """The classifier. Under a mixed policy the conv base and head compute in 16 bits; the softmax is float32."""
     if pooling not in POOLINGS:  # the caller's mistake: --pooling is checked by TrainConfig
         raise ValueError(f"unknown pooling {pooling!r}, expected one of {POOLINGS}")
@@ -75,18 +86,23 @@ def build_model(image_size: int, weights: str = "imagenet", head_units: Sequence
     x = VGGPreprocess(name="vgg_preprocess")(inputs)
     base = _backbone(image_size, weights)
     x = base(x, training=False)
-    pool = {"flatten": keras.layers.Flatten, "avg": keras.layers.GlobalAveragePooling2D,
-            "max": keras.layers.GlobalMaxPooling2D}[pooling]
+    pool = {
+        "flatten": keras.layers.Flatten,
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+    }[pooling]
     features = pool(name=POOL)(x)
     head_inputs = keras.Input(features.shape[1:], name="features")
     h = head_inputs
     for i, units in enumerate(head_units):
-        h = keras.layers.Dense(units, activation="relu", name=f"dense_{i}",
-                               kernel_initializer=keras.initializers.GlorotUniform(seed))(h)
+        h = keras.layers.Dense(
+            units, activation="relu", name=f"dense_{i}", kernel_initializer=keras.initializers.GlorotUniform(seed)
+        )(h)
         if dropout:
             h = keras.layers.Dropout(dropout, seed=seed, name=f"dropout_{i}")(h)
-    h = keras.layers.Dense(len(CLASS_NAMES), name="logits",
-                           kernel_initializer=keras.initializers.GlorotUniform(seed))(h)
+    h = keras.layers.Dense(len(CLASS_NAMES), name="logits", kernel_initializer=keras.initializers.GlorotUniform(seed))(
+        h
+    )
     probs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(h)
     head = keras.Model(head_inputs, probs, name=HEAD)
     return keras.Model(inputs, head(features), name="celeba_vgg16")
@@ -129,6 +145,7 @@ def load_trained(model_dir: str) -> keras.Model:
         return keras.models.load_model(path)
     except Exception as e:  # Keras raises ValueError/OSError/zipfile errors... for a damaged or foreign file
         reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise UserError(f"{fileio.join(model_dir, 'model.keras')} cannot be loaded ({type(e).__name__}: {reason}); "
-                        f"retrain, or rerun trainer.main to export it again") from None
-
+        raise UserError(
+            f"{fileio.join(model_dir, 'model.keras')} cannot be loaded ({type(e).__name__}: {reason}); "
+            f"retrain, or rerun trainer.main to export it again"
+        ) from None

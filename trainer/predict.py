@@ -10,6 +10,7 @@ go on, and the exit status is non-zero then. --output also writes the rows as CS
 Files of any size and format go through the very transform the records job applied to the training images
 (dataset_format.transform.Transform.apply), with the Transform recorded in the run folder.
 """
+
 from __future__ import annotations
 
 import csv
@@ -65,8 +66,9 @@ def prepare_one(path: str, transform: Transform):
     return tf.io.decode_jpeg(jpeg, channels=3).numpy()  # as trainer/data.py decodes records
 
 
-def predict_files(model, paths: Sequence[str], transform: Transform,
-                  batch_size: int = 32) -> Iterator[Tuple[Optional[float], Optional[str]]]:
+def predict_files(
+    model, paths: Sequence[str], transform: Transform, batch_size: int = 32
+) -> Iterator[Tuple[Optional[float], Optional[str]]]:
     """(P(male), None) for each file that could be read, (None, reason) for each that could not, in order. Streams:
     a batch of files is read, predicted and yielded before the next is read, so memory holds one batch whatever the
     number of files (CelebA's 202,599 images at 224 px would be about 30 GB at once)."""
@@ -77,7 +79,7 @@ def predict_files(model, paths: Sequence[str], transform: Transform,
     for start in range(0, len(paths), batch_size):
         results: List[Tuple[Optional[float], Optional[str]]] = []
         images, rows = [], []
-        for path in paths[start:start + batch_size]:
+        for path in paths[start : start + batch_size]:
             try:
                 images.append(prepare_one(path, transform))
                 rows.append(len(results))
@@ -105,11 +107,15 @@ def _transform_of(model_dir: str, model) -> Transform:
 
     transform = trained_transform(model_dir)
     if not transform:
-        raise UserError(f"{model_dir} does not say which image transform its model was trained with (no run.json; "
-                        f"trained by an older version): retrain it with python -m trainer.main")
+        raise UserError(
+            f"{model_dir} does not say which image transform its model was trained with (no run.json; "
+            f"trained by an older version): retrain it with python -m trainer.main"
+        )
     if model.input_shape[1] != transform.image_size:
-        raise UserError(f"{model_dir}: the model takes {model.input_shape[1]} px images but the run folder says it "
-                        f"was trained on {transform.describe()}; retrain it with python -m trainer.main --fresh")
+        raise UserError(
+            f"{model_dir}: the model takes {model.input_shape[1]} px images but the run folder says it "
+            f"was trained on {transform.describe()}; retrain it with python -m trainer.main --fresh"
+        )
     return transform
 
 
@@ -129,8 +135,9 @@ def main(argv: Sequence[str]) -> int:
 
     model = load_trained(config.model_dir)
     rows = []
-    for path, (p_male, error) in zip(paths, predict_files(model, paths, _transform_of(config.model_dir, model),
-                                                          config.batch_size)):
+    for path, (p_male, error) in zip(
+        paths, predict_files(model, paths, _transform_of(config.model_dir, model), config.batch_size)
+    ):
         row = (path, "error", "", error) if error else (path, CLASS_NAMES[int(p_male >= 0.5)], f"{p_male:.4f}", "")
         rows.append(row)
         print(f"{path}\terror\t{error}" if error else f"{path}\t{row[1]}\t{row[2]}", flush=True)

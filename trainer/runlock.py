@@ -7,6 +7,7 @@ that finds a lease watches it: renewed, it refuses; left unrenewed for STALE_REN
 a preempted Vertex worker, say) it takes over, so a restarted job waits about a minute and resumes.
 Only the chief locks: the other workers of a cluster share its model_dir by design.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -30,13 +31,20 @@ _held: list = []  # what this process holds, for its lifetime (a flock's file ob
 def _holder_text(holder: Optional[dict]) -> str:
     if not holder:
         return "another trainer"
-    return f"another trainer (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since " \
-           f"{holder.get('since', '?')})"
+    return (
+        f"another trainer (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since "
+        f"{holder.get('since', '?')})"
+    )
 
 
 def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "token": uuid.uuid4().hex, "renewal": 0}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "token": uuid.uuid4().hex,
+        "renewal": 0,
+    }
 
 
 def hold(model_dir: str, renew_seconds: float = RENEW_SECONDS) -> None:
@@ -56,8 +64,9 @@ def _flock(model_dir: str) -> None:
         handle.seek(0)
         holder = _parse(handle.read())
         handle.close()
-        raise UserError(f"{_holder_text(holder)} is training in {model_dir}; wait for it to end, or pass another "
-                        f"--model_dir") from None
+        raise UserError(
+            f"{_holder_text(holder)} is training in {model_dir}; wait for it to end, or pass another --model_dir"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps(_me()))
@@ -88,8 +97,10 @@ def _lease(model_dir: str, renew_seconds: float) -> None:
             if now is None:
                 break  # released meanwhile
             if now != seen:
-                raise UserError(f"{_holder_text(now)} is training in {model_dir} (it renews its lease {LEASE}); "
-                                f"wait for it to end, or pass another --model_dir")
+                raise UserError(
+                    f"{_holder_text(now)} is training in {model_dir} (it renews its lease {LEASE}); "
+                    f"wait for it to end, or pass another --model_dir"
+                )
     me = _me()
     fileio.write_bytes(path, json.dumps(me).encode())
     stop = threading.Event()

@@ -12,6 +12,7 @@ The in-graph transform uses TensorFlow's decoders and resize instead of the reco
 JPEG re-encode; tests/test_serving.py bounds the difference in p_male against trainer.predict.
 REST: {"instances": [{"image_bytes": {"b64": "<base64 of the file>"}}]}.
 """
+
 from __future__ import annotations
 
 import keras
@@ -24,15 +25,18 @@ from dataset_format.transform import Transform
 def _decode(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     """RGB uint8 of any supported format; a JPEG at libjpeg's reduced scale, as Pillow's draft() in the records job
     picks it: the largest of 1/8, 1/4, 1/2 that keeps both sides >= image_size."""
+
     def jpeg():
         shape = tf.io.extract_jpeg_shape(encoded)
         fits = tf.minimum(shape[0], shape[1]) // image_size
         branches = [(fits >= r, lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r)) for r in (8, 4, 2)]
         return tf.case(branches, default=lambda: tf.io.decode_jpeg(encoded, channels=3), exclusive=False)
 
-    return tf.cond(tf.io.is_jpeg(encoded), jpeg,
-                   lambda: tf.ensure_shape(tf.io.decode_image(encoded, channels=3, expand_animations=False),
-                                           [None, None, 3]))
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        jpeg,
+        lambda: tf.ensure_shape(tf.io.decode_image(encoded, channels=3, expand_animations=False), [None, None, 3]),
+    )
 
 
 def transform(encoded: tf.Tensor, settings: Transform) -> tf.Tensor:
@@ -48,9 +52,11 @@ def transform(encoded: tf.Tensor, settings: Transform) -> tf.Tensor:
         resized = tf.image.resize_with_pad(tf.cast(image, tf.float32), image_size, image_size, antialias=True)
     else:
         shrink = tf.logical_or(tf.shape(image)[0] > image_size, tf.shape(image)[1] > image_size)
-        resized = tf.cond(shrink,
-                          lambda: tf.image.resize(image, [image_size, image_size], method="area"),
-                          lambda: tf.image.resize(image, [image_size, image_size], method="bilinear"))
+        resized = tf.cond(
+            shrink,
+            lambda: tf.image.resize(image, [image_size, image_size], method="area"),
+            lambda: tf.image.resize(image, [image_size, image_size], method="bilinear"),
+        )
     square = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
     return tf.io.decode_jpeg(tf.io.encode_jpeg(square, quality=settings.jpeg_quality), channels=3)
 
@@ -69,12 +75,19 @@ def export(net: keras.Model, export_dir: str, settings: Transform) -> None:
     image_size = settings.image_size
 
     def from_bytes(image_bytes):
-        images = tf.map_fn(lambda b: transform(b, settings), image_bytes,
-                           fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
+        images = tf.map_fn(
+            lambda b: transform(b, settings),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+        )
         return _outputs(net, images)
 
-    archive.add_endpoint("serving_default", from_bytes,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint("serving_images", lambda images: _outputs(net, images),
-                         input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
+    archive.add_endpoint(
+        "serving_default", from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    archive.add_endpoint(
+        "serving_images",
+        lambda images: _outputs(net, images),
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")],
+    )
     archive.write_out(export_dir, verbose=False)

@@ -7,6 +7,7 @@ works the same under the default, one-device, mirrored and multi-worker strategi
 Everything here that reduces across replicas does it with collectives that every replica of every worker joins, so
 every worker sees the same numbers and takes the same branch: the same stop decision, the same skipped step.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Tuple
@@ -72,8 +73,15 @@ def _replica_step(net: keras.Model, optimizer, global_batch: int, loss_scaling: 
     return step_fn
 
 
-def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimizer, global_batch: int,
-                    loss_scaling: bool, jit_compile: bool = False, resident=None) -> Callable:
+def make_train_step(
+    strategy: tf.distribute.Strategy,
+    net: keras.Model,
+    optimizer,
+    global_batch: int,
+    loss_scaling: bool,
+    jit_compile: bool = False,
+    resident=None,
+) -> Callable:
     """train_loop(source, stop=False, num_steps=1) -> [loss, correct, stop votes], summed over `num_steps` steps
     and over all replicas and workers.
 
@@ -95,9 +103,11 @@ def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimize
         return totals
 
     if resident is None:
+
         @tf.function
         def train_loop(iterator, stop=False, num_steps=1):
             return run_steps(num_steps, lambda _: strategy.run(step_fn, args=(*next(iterator), stop)))
+
         return train_loop
 
     def gathered_step(indices, position, stop):
@@ -110,6 +120,7 @@ def make_train_step(strategy: tf.distribute.Strategy, net: keras.Model, optimize
     def resident_loop(source, stop=False, num_steps=1):
         indices, start = source
         return run_steps(num_steps, lambda step: strategy.run(gathered_step, args=(indices, start + step, stop)))
+
     return resident_loop
 
 
@@ -124,8 +135,9 @@ def make_evaluate(strategy: tf.distribute.Strategy, net: keras.Model) -> Callabl
         probs = tf.cast(infer(net, inputs), tf.float32)
         p_true = tf.clip_by_value(tf.reduce_sum(labels * probs, axis=-1), EPSILON, 1.0)
         correct = tf.cast(tf.equal(tf.argmax(probs, -1), tf.argmax(labels, -1)), tf.float32)
-        return tf.stack([-tf.reduce_sum(tf.math.log(p_true)), tf.reduce_sum(correct),
-                         tf.cast(tf.shape(labels)[0], tf.float32)])
+        return tf.stack(
+            [-tf.reduce_sum(tf.math.log(p_true)), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], tf.float32)]
+        )
 
     @tf.function
     def evaluate(dist_dataset):
@@ -137,8 +149,9 @@ def make_evaluate(strategy: tf.distribute.Strategy, net: keras.Model) -> Callabl
     return evaluate
 
 
-def evaluate_distributed(strategy: tf.distribute.Strategy, evaluate: Callable, dataset_fn: Callable,
-                         expected: int) -> Tuple[float, float]:
+def evaluate_distributed(
+    strategy: tf.distribute.Strategy, evaluate: Callable, dataset_fn: Callable, expected: int
+) -> Tuple[float, float]:
     """(mean loss, accuracy) of a split through `evaluate`; RuntimeError unless exactly `expected` were counted."""
     loss_sum, correct, count = (float(v) for v in evaluate(strategy.distribute_datasets_from_function(dataset_fn)))
     if int(round(count)) != expected:
@@ -149,6 +162,7 @@ def evaluate_distributed(strategy: tf.distribute.Strategy, evaluate: Callable, d
 def gather_predictions(strategy: tf.distribute.Strategy, net: keras.Model, dataset_fn: Callable):
     """probs [N, 2], labels [N], attributes [N, 40] of a split (extras dataset), gathered from every replica and
     worker onto each worker (order: by replica, not by file)."""
+
     def replica_fn(inputs, labels, extras):
         return tf.cast(infer(net, inputs), tf.float32), tf.argmax(labels, -1), extras["attributes"]
 

@@ -12,6 +12,7 @@ GOOGLE_AUTH_TOKEN_FOR_TESTING (with NO_GCE_CHECK=true) as its token. So this pro
   - a CONNECT proxy on 127.0.0.1:PROXY_PORT that terminates TLS for *.googleapis.com with CERT_PEM (signed by a
     throw-away CA the test made) and forwards the plain HTTP to the emulator.
 """
+
 import select
 import socket
 import socketserver

@@ -5,6 +5,7 @@ the loss scale before and after.
 Usage: python tests/helpers/loss_scale_two_replicas.py
 (A separate process: the CPU must be split into logical devices before TensorFlow starts.)
 """
+
 import json
 import os
 import sys
@@ -13,8 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import tensorflow as tf  # noqa: E402
 
-tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -49,9 +51,17 @@ def main():
     after = [[v.numpy() for v in strategy.experimental_local_results(w.value)] for w in net.trainable_weights]
     unchanged = [all(np.array_equal(b, a) for b, a in zip(wb, wa)) for wb, wa in zip(before, after)]
     finite = all(np.isfinite(a).all() for wa in after for a in wa)
-    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "weights_unchanged": all(unchanged),
-                      "weights_finite": finite, "scale_before": scale_before,
-                      "scale_after": float(optimizer.dynamic_scale.numpy())}))
+    print(
+        json.dumps(
+            {
+                "replicas": strategy.num_replicas_in_sync,
+                "weights_unchanged": all(unchanged),
+                "weights_finite": finite,
+                "scale_before": scale_before,
+                "scale_after": float(optimizer.dynamic_scale.numpy()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

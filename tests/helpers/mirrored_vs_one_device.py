@@ -5,6 +5,7 @@ on features read back from the cache folder (the streamed path); prints the larg
 Usage: python tests/helpers/mirrored_vs_one_device.py DATA_DIR
 (A separate process: the CPU must be split into logical devices before TensorFlow starts.)
 """
+
 import json
 import os
 import shutil
@@ -15,8 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import tensorflow as tf  # noqa: E402
 
-tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,8 +35,9 @@ def train(strategy, info):
         net = model_lib.build_model(info.image_size, "none", (16,), 0.0, "flatten", seed=1)
         optimizer = keras.optimizers.Adam(1e-2)
         optimizer.build(net.trainable_variables)
-    dataset_fn = data.records_dataset_fn(info.records("train"), data.InputSpec(GLOBAL_BATCH, training=False),
-                                         drop_remainder=True)
+    dataset_fn = data.records_dataset_fn(
+        info.records("train"), data.InputSpec(GLOBAL_BATCH, training=False), drop_remainder=True
+    )
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     step = make_train_step(strategy, net, optimizer, GLOBAL_BATCH, loss_scaling=False)
     losses = [float(step(iterator)[0]) for _ in range(2)]
@@ -71,8 +74,9 @@ def train_streamed_features(strategy, info, path):
     starting at step 1 of the epoch as a resume would."""
     net, head, optimizer = _net_head_optimizer(strategy, info)
     feature_cache.extract(strategy, net, info, "train", path, 12)  # 120 = 10 x 12: [6, 6] per step on 2 replicas
-    dataset_fn = feature_cache.dataset_fn(path, data.InputSpec(GLOBAL_BATCH, True, shuffle_buffer=64, seed=5,
-                                                               skip_steps=1))
+    dataset_fn = feature_cache.dataset_fn(
+        path, data.InputSpec(GLOBAL_BATCH, True, shuffle_buffer=64, seed=5, skip_steps=1)
+    )
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     loop = make_train_step(strategy, head, optimizer, GLOBAL_BATCH, loss_scaling=False)
     losses = [float(loop(iterator, False, tf.constant(2))[0])]
@@ -96,13 +100,31 @@ def main():
     streamed_s, streamed_losses_s, features_s = train_streamed_features(single, info, f"{work}/single")
     shutil.rmtree(work)
     streamed_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(streamed_m, streamed_s))
-    print(json.dumps({"streamed_max_weight_diff": streamed_diff, "streamed_losses_mirrored": streamed_losses_m,
-                      "streamed_losses_single": streamed_losses_s, "features_max_diff":
-                      float(np.max(np.abs(features_m - features_s))), "features_rows": [len(features_m),
-                                                                                          len(features_s)]}))
-    print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "max_weight_diff": diff, "losses_mirrored": losses_m,
-                      "losses_single": losses_s, "max_abs_weight": moved, "resident_max_weight_diff": resident_diff,
-                      "resident_losses_mirrored": resident_losses_m, "resident_losses_single": resident_losses_s}))
+    print(
+        json.dumps(
+            {
+                "streamed_max_weight_diff": streamed_diff,
+                "streamed_losses_mirrored": streamed_losses_m,
+                "streamed_losses_single": streamed_losses_s,
+                "features_max_diff": float(np.max(np.abs(features_m - features_s))),
+                "features_rows": [len(features_m), len(features_s)],
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "replicas": mirrored.num_replicas_in_sync,
+                "max_weight_diff": diff,
+                "losses_mirrored": losses_m,
+                "losses_single": losses_s,
+                "max_abs_weight": moved,
+                "resident_max_weight_diff": resident_diff,
+                "resident_losses_mirrored": resident_losses_m,
+                "resident_losses_single": resident_losses_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
