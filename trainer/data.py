@@ -230,8 +230,8 @@ class InputSpec:
 @dataclasses.dataclass(frozen=True)
 class RecordsInput:
     """What an input pipeline reads from the records and makes of each example: the shards at their image size,
-    with or without the extras (file name, attributes); for training, seeded flips (`augment`), the decoded pixels
-    kept in memory across epochs (`cache`), or the whole pipeline run by a tf.data service (`data_service`, its
+    with or without the extras (file name, attributes), the decoded pixels kept in memory across passes (`cache`);
+    for training, seeded flips (`augment`) or the whole pipeline run by a tf.data service (`data_service`, its
     consumers sharing `job_name`)."""
 
     files: Sequence[str]
