@@ -42,11 +42,15 @@ def celeba_copy(celeba_txt, tmp_path):
     return path
 
 
+SMALL = dict(split_sizes="120,20,20", image_size=32, num_shards=2)  # the tests' records: 160 images at 32 px
+SMALL_RECORDS = [f"--{name}={value}" for name, value in SMALL.items()]  # the same, as build_records flags
+
+
 def build(celeba_dir: str, output_dir: str, **overrides):
     """Runs the records job in-process with small defaults; returns the manifest."""
     from preprocessing.pipeline import Config, run
 
-    config = dict(celeba_dir=celeba_dir, output_dir=output_dir, split_sizes="120,20,20", image_size=32, num_shards=2)
+    config = dict(celeba_dir=celeba_dir, output_dir=output_dir, **SMALL)
     config.update(overrides)
     beam_args = config.pop("beam_args", ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
     return run(Config(**config), beam_args)

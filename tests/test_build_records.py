@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from celeba_common.errors import UserError
-from conftest import ROOT, assert_one_line_error, build, run_cli
+from conftest import ROOT, SMALL_RECORDS, assert_one_line_error, build, run_cli
 from dataset_format import manifest as manifest_lib, schema, tfrecord
 from dataset_format.transform import Transform, transform_image
 from preprocessing import celeba
@@ -443,9 +443,7 @@ def test_two_runs_started_together_one_wins_and_its_dataset_stays(celeba_txt, tm
         "preprocessing.build_records",
         f"--celeba_dir={celeba_txt}",
         f"--output_dir={out}",
-        "--split_sizes=120,20,20",
-        "--image_size=32",
-        "--num_shards=2",
+        *SMALL_RECORDS,
     ]
     runs = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, build, free_port, wait_for_port
+from conftest import ROOT, SMALL_RECORDS, build, free_port, wait_for_port
 
 pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
@@ -64,9 +64,7 @@ def test_records_job_on_a_dask_cluster_matches_the_local_runner(dask_cluster, ce
             "preprocessing.build_records",
             f"--celeba_dir={celeba_txt}",
             f"--output_dir={out}",
-            "--split_sizes=120,20,20",
-            "--image_size=32",
-            "--num_shards=2",
+            *SMALL_RECORDS,
             "--runner=DaskRunner",
             f"--dask_client_address={dask_cluster}",
         ],

@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, SMALL_RECORDS, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
@@ -78,9 +78,7 @@ def test_the_workers_install_runs_the_records_job_without_tensorflow(celeba_txt,
             "preprocessing.build_records",
             f"--celeba_dir={celeba_txt}",
             f"--output_dir={out}",
-            "--split_sizes=120,20,20",
-            "--image_size=32",
-            "--num_shards=2",
+            *SMALL_RECORDS,
             "--direct_running_mode=in_memory",
             "--direct_num_workers=1",
         ],

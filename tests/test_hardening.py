@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, build, run_cli, wait_for_checkpoint
+from conftest import ROOT, SMALL_RECORDS, assert_one_line_error, build, run_cli, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow  # processes and training runs: `make test` runs them, `make check` does not
 
@@ -128,29 +128,11 @@ def full_disk(tmp_path):
 
 def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(celeba_txt, records_dir, full_disk):
     out = full_disk / "records"
-    proc = run_cli(
-        "-m",
-        "preprocessing.build_records",
-        f"--celeba_dir={celeba_txt}",
-        f"--output_dir={out}",
-        "--split_sizes=120,20,20",
-        "--image_size=32",
-        "--num_shards=2",
-    )
+    proc = _records_cli(celeba_txt, out)
     assert_one_line_error(proc, "No space left on device")
     assert os.listdir(full_disk) == []  # no dataset, no .partial work folder
     # two worker processes: each prints the failing bundle's traceback; they go to a log the error names
-    proc = run_cli(
-        "-m",
-        "preprocessing.build_records",
-        f"--celeba_dir={celeba_txt}",
-        f"--output_dir={out}",
-        "--split_sizes=120,20,20",
-        "--image_size=32",
-        "--num_shards=2",
-        "--direct_num_workers=2",
-        "--direct_running_mode=multi_processing",
-    )
+    proc = _records_cli(celeba_txt, out, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
     line = assert_one_line_error(proc, "No space left on device", "the workers' log: ")
     log = line.split("the workers' log: ")[1].rstrip(")")
     assert "Traceback" in open(log).read() and os.listdir(full_disk) == []
@@ -167,9 +149,7 @@ def _records_cli(celeba_dir, output_dir, *extra, timeout=300):
         "preprocessing.build_records",
         f"--celeba_dir={celeba_dir}",
         f"--output_dir={output_dir}",
-        "--split_sizes=120,20,20",
-        "--image_size=32",
-        "--num_shards=2",
+        *SMALL_RECORDS,
         *extra,
         timeout=timeout,
     )
@@ -247,17 +227,7 @@ def test_records_rebuilt_under_a_running_trainer_stop_it(celeba_txt, tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert wait_for_checkpoint(model_dir, running), running.communicate()[1][-3000:]
-    proc = run_cli(
-        "-m",
-        "preprocessing.build_records",
-        f"--celeba_dir={celeba_txt}",
-        f"--output_dir={data_dir}",
-        "--split_sizes=120,20,20",
-        "--image_size=32",
-        "--num_shards=2",
-        "--overwrite",
-        "--seed=9",
-    )
+    proc = _records_cli(celeba_txt, data_dir, "--overwrite", "--seed=9")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out, err = running.communicate(timeout=300)
     assert running.returncode == 2 and "changed while this run trained" in err, (out[-2000:], err[-3000:])
