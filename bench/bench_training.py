@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import PYTHON, run_timed  # noqa: E402
+from bench.common import PYTHON, run_timed, synthetic_records  # noqa: E402
 
 
 def history(model_dir):
@@ -42,34 +42,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--work_dir", default=None)
     args = parser.parse_args()
+    if args.epochs < 2:  # the figures are of the epochs after the first, which traces
+        parser.error(f"--epochs={args.epochs}: at least 2")
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_training_")
-    celeba = os.path.join(work, "celeba")
     train = args.steps * args.batch_size
-    if not os.path.exists(os.path.join(celeba, "list_attr_celeba.txt")):
-        run_timed(
-            [
-                PYTHON,
-                "-m",
-                "preprocessing.synthetic_celeba",
-                f"--output_dir={celeba}",
-                f"--num_images={int(train / 0.8) + 400}",
-            ]
-        )
-    records = os.path.join(work, f"records{args.image_size}")
-    if not os.path.exists(os.path.join(records, "_SUCCESS")):
-        shutil.rmtree(records, ignore_errors=True)
-        run_timed(
-            [
-                PYTHON,
-                "-m",
-                "preprocessing.build_records",
-                f"--celeba_dir={celeba}",
-                f"--output_dir={records}",
-                f"--split_sizes={train},64,64",
-                f"--image_size={args.image_size}",
-                "--num_shards=4",
-            ]
-        )
+    records = synthetic_records(work, "celeba", f"records{args.image_size}", train, args.image_size)
     common = [
         f"--data_dir={records}",
         "--weights=none",
